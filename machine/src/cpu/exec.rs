@@ -1,0 +1,552 @@
+//! The run loop, the decoded-block cache and handler dispatch.
+//!
+//! Guest code is decoded once with iced-x86 into blocks of [`Insn`]s, each
+//! carrying its handler and pre-digested operands, and cached by the
+//! backing-store offset of its first byte (and the code size it was decoded
+//! for). A block ends at a control transfer, at the end of a page or after
+//! [`MAX_BLOCK`] instructions. A write to a page holding cached code drops
+//! the page's blocks (`invalidate_code`), so self-modifying code stays
+//! correct. Interrupts and other signals are looked at between blocks, and
+//! only when the shared signal word is non-zero.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
+
+use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register};
+
+use super::fault::{Fault, Result};
+use super::paging::tlb_index;
+use super::{Cpu, Seg, ShutdownReason, flags, reg};
+use crate::bus::Signals;
+use crate::memory::Region;
+
+/// Longest block, in instructions.
+pub(crate) const MAX_BLOCK: usize = 32;
+
+/// An instruction handler. `cpu.eip` is the instruction's own address and
+/// `cpu.next_eip` the next one's; control transfers write `next_eip`.
+pub(crate) type Handler = fn(&mut Cpu, &Insn) -> Result<()>;
+
+/// Called before each instruction when tracing (`Cpu::set_trace`).
+pub type TraceHook = Box<dyn FnMut(&Cpu, &Instruction)>;
+
+/// A decoded instruction with its handler and pre-digested operands.
+#[derive(Clone, Debug)]
+pub(crate) struct Insn {
+    pub handler: Handler,
+    pub i: Instruction,
+    pub len: u32,
+    /// Memory operand: segment, base and index register numbers (both
+    /// [`reg::ZERO`] when absent), scale as a shift, displacement and
+    /// address-size mask. `ea()` combines them without branches.
+    pub seg: Seg,
+    pub base: u8,
+    pub index: u8,
+    pub scale: u8,
+    pub disp: u32,
+    pub amask: u32,
+    /// Register numbers within their class (GPR in encoding order, segment,
+    /// CR, DR, ST(i)) of operands 0, 1 and 2 where those are registers.
+    pub r0: u8,
+    pub r1: u8,
+    pub r2: u8,
+    /// The first immediate operand, sign- or zero-extended as the encoding says.
+    pub imm: u32,
+}
+
+/// Why `run` returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunExit {
+    /// The instruction budget is used up.
+    BudgetExhausted,
+    /// HLT with interrupts enabled: call `run` again once an interrupt is due.
+    Halted,
+    /// HLT with interrupts disabled: only NMI or reset can wake the CPU.
+    HaltedInterruptsDisabled,
+    /// `Signals::STOP` was raised.
+    Stopped,
+    /// `Signals::RESET` was raised; the CPU has been reset.
+    Reset,
+    /// The CPU shut down (triple fault); it stays stopped until reset.
+    Shutdown(ShutdownReason),
+}
+
+#[derive(Clone)]
+struct Block {
+    insns: Rc<[Insn]>,
+    /// Bytes covered, for the CS limit check.
+    span: u32,
+}
+
+/// Multiplicative hashing for u64 keys: the keys are backing offsets.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (v ^ (v >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
+
+const FAST_SLOTS: usize = 4096;
+
+/// Decoded blocks, indexed by where their code lives.
+pub(crate) struct CodeCache {
+    blocks: KeyMap<Block>,
+    /// Block keys per backing page.
+    pages: HashMap<u32, Vec<u64>, BuildHasherDefault<KeyHasher>>,
+    /// One bit per backing page: the page holds cached code.
+    code_bits: Vec<u64>,
+    fast: Box<[(u64, Option<Block>)]>,
+}
+
+impl CodeCache {
+    pub fn new(backing_len: usize) -> Self {
+        let pages = backing_len.div_ceil(4096);
+        CodeCache {
+            blocks: KeyMap::default(),
+            pages: HashMap::default(),
+            code_bits: vec![0; pages.div_ceil(64)],
+            fast: vec![(u64::MAX, None); FAST_SLOTS].into_boxed_slice(),
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.blocks.clear();
+        self.pages.clear();
+        self.code_bits.iter_mut().for_each(|w| *w = 0);
+        self.fast.iter_mut().for_each(|s| *s = (u64::MAX, None));
+    }
+
+    /// Whether the backing page holding offset `off` has cached code.
+    #[inline(always)]
+    pub fn page_has_code(&self, off: u32) -> bool {
+        let p = (off >> 12) as usize;
+        self.code_bits.get(p / 64).is_some_and(|w| w & (1 << (p % 64)) != 0)
+    }
+
+    #[inline(always)]
+    fn slot(key: u64) -> usize {
+        ((key ^ (key >> 12)) as usize) & (FAST_SLOTS - 1)
+    }
+
+    #[inline(always)]
+    fn get(&mut self, key: u64) -> Option<Block> {
+        let slot = &self.fast[Self::slot(key)];
+        if slot.0 == key {
+            return slot.1.clone();
+        }
+        let b = self.blocks.get(&key)?.clone();
+        self.fast[Self::slot(key)] = (key, Some(b.clone()));
+        Some(b)
+    }
+
+    /// Caches a block; returns true when its page had no code before.
+    fn insert(&mut self, key: u64, block: Block) -> bool {
+        let page = (key as u32) >> 12;
+        let word = &mut self.code_bits[page as usize / 64];
+        let first = *word & (1 << (page % 64)) == 0;
+        *word |= 1 << (page % 64);
+        self.pages.entry(page).or_default().push(key);
+        self.fast[Self::slot(key)] = (key, Some(block.clone()));
+        self.blocks.insert(key, block);
+        first
+    }
+
+    fn invalidate_page(&mut self, page: u32) {
+        if let Some(keys) = self.pages.remove(&page) {
+            for key in keys {
+                self.blocks.remove(&key);
+                let s = &mut self.fast[Self::slot(key)];
+                if s.0 == key {
+                    *s = (u64::MAX, None);
+                }
+            }
+        }
+        if let Some(w) = self.code_bits.get_mut(page as usize / 64) {
+            *w &= !(1 << (page % 64));
+        }
+    }
+}
+
+/// Maps an iced register to its number within its class.
+pub(crate) fn reg_num(r: Register) -> u8 {
+    let n = r as u32;
+    let rel = |first: Register| (n - first as u32) as u8;
+    if r.is_gpr8() {
+        rel(Register::AL)
+    } else if r.is_gpr16() {
+        rel(Register::AX)
+    } else if r.is_gpr32() {
+        rel(Register::EAX)
+    } else if r.is_segment_register() {
+        rel(Register::ES)
+    } else if r.is_cr() {
+        rel(Register::CR0)
+    } else if r.is_dr() {
+        rel(Register::DR0)
+    } else if r.is_st() {
+        rel(Register::ST0)
+    } else if r.is_tr() {
+        rel(Register::TR0)
+    } else {
+        0
+    }
+}
+
+fn seg_of(r: Register) -> Seg {
+    match r {
+        Register::ES => Seg::ES,
+        Register::CS => Seg::CS,
+        Register::SS => Seg::SS,
+        Register::FS => Seg::FS,
+        Register::GS => Seg::GS,
+        _ => Seg::DS,
+    }
+}
+
+impl Insn {
+    fn new(i: Instruction) -> Self {
+        let mut d = Insn {
+            handler: select_handler(&i),
+            i,
+            len: i.len() as u32,
+            seg: Seg::DS,
+            base: reg::ZERO as u8,
+            index: reg::ZERO as u8,
+            scale: 0,
+            disp: 0,
+            amask: u32::MAX,
+            r0: 0,
+            r1: 0,
+            r2: 0,
+            imm: 0,
+        };
+        let mut have_imm = false;
+        for op in 0..i.op_count().min(3) {
+            let kind = i.op_kind(op);
+            match kind {
+                OpKind::Register => {
+                    let n = reg_num(i.op_register(op));
+                    match op {
+                        0 => d.r0 = n,
+                        1 => d.r1 = n,
+                        _ => d.r2 = n,
+                    }
+                }
+                OpKind::Memory => {
+                    d.seg = seg_of(i.memory_segment());
+                    let base = i.memory_base();
+                    let index = i.memory_index();
+                    if base != Register::None {
+                        d.base = reg_num(base);
+                    }
+                    if index != Register::None {
+                        d.index = reg_num(index);
+                        d.scale = i.memory_index_scale().trailing_zeros() as u8;
+                    }
+                    d.disp = i.memory_displacement32();
+                    let addr16 = base.is_gpr16() || index.is_gpr16() || (base == Register::None && index == Register::None && i.memory_displ_size() == 2);
+                    d.amask = if addr16 { 0xFFFF } else { u32::MAX };
+                }
+                OpKind::MemorySegSI | OpKind::MemorySegDI | OpKind::MemoryESDI => {
+                    d.seg = seg_of(i.memory_segment());
+                    d.amask = 0xFFFF;
+                }
+                OpKind::MemorySegESI | OpKind::MemorySegEDI | OpKind::MemoryESEDI => {
+                    d.seg = seg_of(i.memory_segment());
+                }
+                OpKind::Immediate8
+                | OpKind::Immediate16
+                | OpKind::Immediate32
+                | OpKind::Immediate8to16
+                | OpKind::Immediate8to32
+                | OpKind::Immediate8_2nd
+                    if !have_imm =>
+                {
+                    have_imm = true;
+                    d.imm = i.immediate(op) as u32;
+                }
+                _ => {}
+            }
+        }
+        d
+    }
+
+    /// The memory operand is absent (operand 0 is a register).
+    #[inline(always)]
+    pub fn op0_is_reg(&self) -> bool {
+        self.i.op0_kind() == OpKind::Register
+    }
+}
+
+/// Mnemonics that accept a LOCK prefix (with a memory destination).
+fn lockable(m: Mnemonic) -> bool {
+    use Mnemonic::*;
+    matches!(m, Add | Adc | And | Btc | Btr | Bts | Cmpxchg | Cmpxchg8b | Dec | Inc | Neg | Not | Or | Sbb | Sub | Xor | Xadd | Xchg)
+}
+
+fn select_handler(i: &Instruction) -> Handler {
+    if i.is_invalid() {
+        return invalid_opcode;
+    }
+    if i.has_lock_prefix() && (!lockable(i.mnemonic()) || i.op0_kind() != OpKind::Memory) {
+        return invalid_opcode;
+    }
+    super::alu::handler(i)
+        .or_else(|| super::data::handler(i))
+        .or_else(|| super::string::handler(i))
+        .or_else(|| super::branch::handler(i))
+        .or_else(|| super::far::handler(i))
+        .or_else(|| super::system::handler(i))
+        .or_else(|| super::interrupt::handler(i))
+        .or_else(|| super::x87::handler(i))
+        .unwrap_or(not_implemented)
+}
+
+/// An encoding the CPU does not decode: #UD.
+fn invalid_opcode(_: &mut Cpu, _: &Insn) -> Result<()> {
+    Err(Fault::UD)
+}
+
+/// A valid encoding this CPU model does not implement (a later
+/// extension, or a gap): #UD for the guest, a log line for the operator.
+fn not_implemented(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+    cpu.note_unimplemented(d.i.code());
+    Err(Fault::UD)
+}
+
+impl Cpu {
+    /// Rate-limited operator log line for an instruction raising #UD
+    /// because it is not implemented.
+    pub(crate) fn note_unimplemented(&mut self, code: Code) {
+        if self.sys.unimplemented_logged < 64 {
+            self.sys.unimplemented_logged += 1;
+            tracing::warn!(
+                target: "bulkhead::cpu",
+                "instruction not implemented, raising #UD: {code:?} at {:04x}:{:08x}",
+                self.segs[Seg::CS as usize].selector,
+                self.eip
+            );
+        }
+    }
+
+    /// Installs (or removes) a hook called before every instruction.
+    /// While it is installed blocks hold one instruction.
+    pub fn set_trace(&mut self, hook: Option<TraceHook>) {
+        self.trace = hook;
+        self.stop_block = true;
+    }
+
+    /// Runs until `budget` instructions have retired or something stops the CPU.
+    pub fn run(&mut self, budget: u64) -> RunExit {
+        let end = self.icount.saturating_add(budget);
+        loop {
+            if let Some(r) = self.shutdown {
+                return RunExit::Shutdown(r);
+            }
+            let sig = self.signals.load();
+            if sig != 0 || self.halted || self.flags.test(flags::TF) {
+                if let Some(exit) = self.service_signals(sig) {
+                    return exit;
+                }
+            }
+            if self.icount >= end {
+                return RunExit::BudgetExhausted;
+            }
+            let single = self.irq_shadow || self.trace.is_some() || self.flags.test(flags::TF);
+            let max = if single { 1 } else { (end - self.icount).min(MAX_BLOCK as u64) as usize };
+            let trap_after = self.flags.test(flags::TF) && !self.irq_shadow;
+            self.irq_shadow = false;
+            let before = self.icount;
+            self.run_block(max);
+            if trap_after && self.icount > before && self.shutdown.is_none() {
+                // Single-step trap after the instruction (SDM vol. 3, 17.3.1.4).
+                self.dr[6] |= 1 << 14;
+                self.deliver_fault(Fault::DB);
+            }
+        }
+    }
+
+    /// Looks at the signal word (and HLT state) between blocks. Returns
+    /// `Some` when `run` must return.
+    #[cold]
+    fn service_signals(&mut self, sig: u32) -> Option<RunExit> {
+        if sig & Signals::STOP != 0 && self.signals.take(Signals::STOP) != 0 {
+            return Some(RunExit::Stopped);
+        }
+        if sig & Signals::RESET != 0 && self.signals.take(Signals::RESET) != 0 {
+            self.reset();
+            return Some(RunExit::Reset);
+        }
+        if sig & Signals::A20_CHANGED != 0 && self.signals.take(Signals::A20_CHANGED) != 0 {
+            let on = self.signals.a20();
+            if on != self.mem.a20_enabled() {
+                self.mem.set_a20(on);
+                self.tlb.flush_all();
+            }
+        }
+        if !self.irq_shadow {
+            if sig & Signals::NMI != 0 && !self.sys.nmi_blocked && self.signals.take(Signals::NMI) != 0 {
+                self.halted = false;
+                self.sys.nmi_blocked = true;
+                self.deliver_external(super::vector::NMI);
+            } else if sig & Signals::INTR != 0 && self.flags.test(flags::IF) {
+                if let Some(v) = self.bus.interrupt_ack() {
+                    self.halted = false;
+                    self.deliver_external(v);
+                }
+            }
+        }
+        if self.halted {
+            return Some(if self.flags.test(flags::IF) { RunExit::Halted } else { RunExit::HaltedInterruptsDisabled });
+        }
+        None
+    }
+
+    /// Finds (or decodes) the block at CS:EIP and runs up to `max` of its instructions.
+    fn run_block(&mut self, max: usize) {
+        let block = match self.fetch_block() {
+            Ok(b) => b,
+            Err(f) => {
+                self.deliver_fault(f);
+                return;
+            }
+        };
+        let cs = &self.segs[Seg::CS as usize];
+        let limit_ok = self.eip >= cs.lo && self.eip <= cs.hi && cs.hi - self.eip >= block.span.saturating_sub(1);
+        self.stop_block = false;
+        let ip_mask = if self.code32 { u32::MAX } else { 0xFFFF };
+        for d in block.insns.iter().take(max) {
+            if !limit_ok {
+                let cs = &self.segs[Seg::CS as usize];
+                if self.eip > cs.hi || cs.hi - self.eip < d.len - 1 {
+                    self.deliver_fault(Fault::GP0);
+                    return;
+                }
+            }
+            if let Some(mut hook) = self.trace.take() {
+                hook(self, &d.i);
+                self.trace = Some(hook);
+            }
+            self.next_eip = self.eip.wrapping_add(d.len) & ip_mask;
+            match (d.handler)(self, d) {
+                Ok(()) => {
+                    self.eip = self.next_eip;
+                    self.icount += 1;
+                }
+                Err(f) => {
+                    self.deliver_fault(f);
+                    return;
+                }
+            }
+            if self.stop_block {
+                return;
+            }
+        }
+    }
+
+    /// The block at CS:EIP, from the cache or freshly decoded.
+    fn fetch_block(&mut self) -> Result<Block> {
+        let lin = self.segs[Seg::CS as usize].base.wrapping_add(self.eip);
+        let user = self.cpl == 3;
+        let e = &self.tlb.sets[user as usize][tlb_index(lin)];
+        let off = if e.rtag == lin & !0xFFF {
+            lin.wrapping_add(e.addend)
+        } else {
+            let phys = self.translate_fill(lin, false, user)?;
+            match self.mem.region(phys) {
+                Region::Ram(o) | Region::Rom(o) => o,
+                Region::Mmio => return self.decode_uncached(lin, user),
+            }
+        };
+        let key = off as u64 | (self.code32 as u64) << 32;
+        if let Some(b) = self.code.get(key) {
+            return Ok(b);
+        }
+        self.decode_block(lin, off, key, user)
+    }
+
+    #[cold]
+    fn decode_block(&mut self, lin: u32, off: u32, key: u64, user: bool) -> Result<Block> {
+        let page_end = (off & !0xFFF) as usize + 4096;
+        let bytes = &self.mem.backing[off as usize..page_end];
+        let bitness = if self.code32 { 32 } else { 16 };
+        let mut decoder = Decoder::with_ip(bitness, bytes, self.eip as u64, DecoderOptions::NONE);
+        let mut insns = Vec::with_capacity(8);
+        let mut span = 0u32;
+        let mut i = Instruction::default();
+        while decoder.can_decode() && insns.len() < MAX_BLOCK {
+            decoder.decode_out(&mut i);
+            if decoder.last_error() == DecoderError::NoMoreBytes {
+                break;
+            }
+            span += i.len() as u32;
+            let ends = ends_block(&i);
+            insns.push(Insn::new(i));
+            if ends {
+                break;
+            }
+        }
+        if insns.is_empty() {
+            // The first instruction crosses into the next page.
+            return self.decode_uncached(lin, user);
+        }
+        let block = Block { insns: insns.into(), span };
+        if self.code.insert(key, block.clone()) {
+            self.tlb.protect_page(off & !0xFFF);
+        }
+        Ok(block)
+    }
+
+    /// Decodes one instruction whose bytes are fetched one at a time
+    /// through the TLB (page-crossing instructions, code in MMIO). It is
+    /// not cached.
+    #[cold]
+    fn decode_uncached(&mut self, lin: u32, user: bool) -> Result<Block> {
+        let mut buf = [0u8; 15];
+        let mut n = 0;
+        let mut fault = None;
+        while n < 15 {
+            match self.read_lin_u8(lin.wrapping_add(n as u32), user) {
+                Ok(b) => buf[n] = b,
+                Err(f) => {
+                    fault = Some(f);
+                    break;
+                }
+            }
+            n += 1;
+        }
+        let bitness = if self.code32 { 32 } else { 16 };
+        let mut decoder = Decoder::with_ip(bitness, &buf[..n], self.eip as u64, DecoderOptions::NONE);
+        let i = decoder.decode();
+        if decoder.last_error() == DecoderError::NoMoreBytes {
+            return Err(fault.unwrap_or(Fault::GP0));
+        }
+        Ok(Block { span: i.len() as u32, insns: vec![Insn::new(i)].into() })
+    }
+
+    /// Drops cached code on the backing page holding `off` (a write hit it).
+    pub(crate) fn invalidate_code(&mut self, off: u32) {
+        self.code.invalidate_page(off >> 12);
+        self.stop_block = true;
+    }
+}
+
+/// Instructions after which a block ends: every control transfer and
+/// interrupt-related instruction. Handlers that change modes end the block
+/// themselves through `stop_block`.
+fn ends_block(i: &Instruction) -> bool {
+    i.flow_control() != FlowControl::Next || matches!(i.mnemonic(), Mnemonic::Hlt)
+}

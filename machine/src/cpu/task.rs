@@ -1,0 +1,1 @@
+//! Hardware task switching (being written).

@@ -1,0 +1,13 @@
+//! The x87 FPU (being written).
+
+use iced_x86::Instruction;
+
+use super::exec::Handler;
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Fpu {}
+
+pub(super) fn handler(i: &Instruction) -> Option<Handler> {
+    let _ = i;
+    None
+}

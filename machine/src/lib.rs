@@ -1,0 +1,13 @@
+//! Bulkhead's PC emulator.
+//!
+//! A library with no knowledge of processes or IPC: a Pentium II-class CPU
+//! ([`Cpu`]) over guest physical memory ([`PhysMemory`]) and a [`Bus`] for
+//! ports, MMIO and interrupt acknowledge. The worker wraps it.
+
+mod bus;
+mod cpu;
+mod memory;
+
+pub use bus::{Bus, IoSize, NullBus, Signals};
+pub use cpu::{CpuidInfo, Cpu, Fault, RunExit, Seg, SegCache, ShutdownReason, TableReg, TraceHook, cr0, cr4, reg, vector};
+pub use memory::{MemoryError, PhysMemory, Region, MAX_RAM, PAGE_SIZE};
