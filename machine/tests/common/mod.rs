@@ -1,0 +1,91 @@
+//! Shared harness for guest-program tests: a bare machine (RAM, the debug
+//! console port 0xE9, nothing else) and helpers to assemble code into it
+//! with iced-x86's code assembler and run it to HLT.
+
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use iced_x86::code_asm::CodeAssembler;
+use machine::{Bus, Cpu, IoSize, PhysMemory, RunExit};
+
+/// What the guest wrote to port 0xE9, and every other port write.
+#[derive(Default)]
+pub struct Log {
+    pub console: Vec<u8>,
+    pub ports: Vec<(u16, u32)>,
+}
+
+/// A bus with the debug console on 0xE9; other ports float high.
+pub struct TestBus(pub Rc<RefCell<Log>>);
+
+impl Bus for TestBus {
+    fn port_write(&mut self, port: u16, _size: IoSize, value: u32) {
+        let mut log = self.0.borrow_mut();
+        if port == 0xE9 {
+            log.console.push(value as u8);
+        }
+        log.ports.push((port, value));
+    }
+}
+
+pub struct Guest {
+    pub cpu: Cpu,
+    pub log: Rc<RefCell<Log>>,
+}
+
+impl Guest {
+    /// A machine with `mib` MiB of RAM in its reset state.
+    pub fn new(mib: u64) -> Guest {
+        let log = Rc::new(RefCell::new(Log::default()));
+        let mem = PhysMemory::new(mib << 20).expect("RAM");
+        let cpu = Cpu::new(mem, Box::new(TestBus(log.clone())));
+        Guest { cpu, log }
+    }
+
+    /// A machine whose CPU starts in real mode at 0000:`org` (CS base 0).
+    pub fn real_mode(mib: u64, org: u32) -> Guest {
+        let mut g = Guest::new(mib);
+        g.cpu.set_seg_cache(machine::Seg::CS, machine::SegCache::real_mode(0));
+        g.cpu.set_eip(org);
+        g
+    }
+
+    /// Assembles `a` (bitness chosen when it was created) for address `org`
+    /// and writes it to physical memory at `org`.
+    pub fn load(&mut self, org: u32, mut a: CodeAssembler) {
+        let bytes = a.assemble(org as u64).expect("assemble");
+        self.cpu.write_phys_bytes(org, &bytes);
+    }
+
+    /// Writes raw bytes to physical memory.
+    pub fn poke(&mut self, addr: u32, bytes: &[u8]) {
+        self.cpu.write_phys_bytes(addr, bytes);
+    }
+
+    pub fn peek_u32(&mut self, addr: u32) -> u32 {
+        let mut b = [0; 4];
+        self.cpu.read_phys_bytes(addr, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// Runs until HLT (or `limit` instructions), returning how it stopped.
+    pub fn run(&mut self, limit: u64) -> RunExit {
+        let mut left = limit;
+        loop {
+            let before = self.cpu.instruction_count();
+            let exit = self.cpu.run(left);
+            left = left.saturating_sub(self.cpu.instruction_count() - before);
+            match exit {
+                RunExit::BudgetExhausted if left > 0 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// What the guest printed on port 0xE9.
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&self.log.borrow().console).into_owned()
+    }
+}
