@@ -9,5 +9,8 @@ mod cpu;
 mod memory;
 
 pub use bus::{Bus, IoSize, NullBus, Signals};
-pub use cpu::{CpuidInfo, Cpu, Fault, RunExit, Seg, SegCache, ShutdownReason, TableReg, TraceHook, cr0, cr4, reg, vector};
-pub use memory::{MemoryError, PhysMemory, Region, MAX_RAM, PAGE_SIZE};
+pub use cpu::{
+    Cpu, CpuidInfo, Fault, RunExit, Seg, SegCache, ShutdownReason, TableReg, TraceHook, cr0, cr4,
+    reg, vector,
+};
+pub use memory::{MAX_RAM, MemoryError, PAGE_SIZE, PhysMemory, Region};

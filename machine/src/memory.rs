@@ -25,7 +25,9 @@ pub enum Region {
 pub enum MemoryError {
     #[error("RAM size {0:#x} bytes is not a non-zero multiple of 4 KiB below 3.5 GiB")]
     BadRamSize(u64),
-    #[error("ROM image of {len:#x} bytes at {base:#x} is empty, not 4 KiB-aligned, or runs past 4 GiB")]
+    #[error(
+        "ROM image of {len:#x} bytes at {base:#x} is empty, not 4 KiB-aligned, or runs past 4 GiB"
+    )]
     BadRom { base: u32, len: usize },
     #[error("region {base:#x}+{len:#x} overlaps an earlier region")]
     Overlap { base: u32, len: u32 },
@@ -78,50 +80,85 @@ impl PhysMemory {
 
     /// Maps a ROM image at `base` (it hides any RAM below it).
     pub fn add_rom(&mut self, base: u32, image: &[u8]) -> Result<(), MemoryError> {
-        let bad = MemoryError::BadRom { base, len: image.len() };
+        let bad = MemoryError::BadRom {
+            base,
+            len: image.len(),
+        };
         if image.is_empty() || base % PAGE_SIZE != 0 {
             return Err(bad);
         }
-        let len = u32::try_from(image.len().next_multiple_of(PAGE_SIZE as usize)).map_err(|_| bad)?;
-        let last = base.checked_add(len - 1).ok_or(MemoryError::BadRom { base, len: image.len() })?;
+        let len =
+            u32::try_from(image.len().next_multiple_of(PAGE_SIZE as usize)).map_err(|_| bad)?;
+        let last = base.checked_add(len - 1).ok_or(MemoryError::BadRom {
+            base,
+            len: image.len(),
+        })?;
         self.check_free(base, last)?;
         let off = self.backing.len() as u32;
         self.backing.extend_from_slice(image);
         self.backing.resize(off as usize + len as usize, 0xFF);
-        self.overlays.push(Overlay { start: base, last, kind: OverlayKind::Rom(off) });
+        self.overlays.push(Overlay {
+            start: base,
+            last,
+            kind: OverlayKind::Rom(off),
+        });
         Ok(())
     }
 
     /// Maps the same ROM bytes a second time (the BIOS appears both below
     /// 1 MiB and below 4 GiB). `source` must be the base of an earlier ROM.
     pub fn alias_rom(&mut self, source: u32, base: u32, len: u32) -> Result<(), MemoryError> {
-        let bad = MemoryError::BadRom { base, len: len as usize };
-        let Some(&Overlay { kind: OverlayKind::Rom(off), last: src_last, .. }) =
-            self.overlays.iter().find(|o| o.start == source)
+        let bad = MemoryError::BadRom {
+            base,
+            len: len as usize,
+        };
+        let Some(&Overlay {
+            kind: OverlayKind::Rom(off),
+            last: src_last,
+            ..
+        }) = self.overlays.iter().find(|o| o.start == source)
         else {
             return Err(bad);
         };
-        if len == 0 || base % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len - 1 > src_last - source {
+        if len == 0 || base % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len - 1 > src_last - source
+        {
             return Err(bad);
         }
         let last = base.checked_add(len - 1).ok_or(bad)?;
         self.check_free(base, last)?;
-        self.overlays.push(Overlay { start: base, last, kind: OverlayKind::Rom(off) });
+        self.overlays.push(Overlay {
+            start: base,
+            last,
+            kind: OverlayKind::Rom(off),
+        });
         Ok(())
     }
 
     /// Declares `[base, base+len)` device memory (hiding RAM there).
     pub fn add_mmio(&mut self, base: u32, len: u32) -> Result<(), MemoryError> {
         let bad = MemoryError::Overlap { base, len };
-        let last = base.checked_add(len.checked_sub(1).ok_or(bad.clone())?).ok_or(bad)?;
+        let last = base
+            .checked_add(len.checked_sub(1).ok_or(bad.clone())?)
+            .ok_or(bad)?;
         self.check_free(base, last)?;
-        self.overlays.push(Overlay { start: base, last, kind: OverlayKind::Mmio });
+        self.overlays.push(Overlay {
+            start: base,
+            last,
+            kind: OverlayKind::Mmio,
+        });
         Ok(())
     }
 
     fn check_free(&self, start: u32, last: u32) -> Result<(), MemoryError> {
-        if self.overlays.iter().any(|o| start <= o.last && o.start <= last) {
-            return Err(MemoryError::Overlap { base: start, len: last - start + 1 });
+        if self
+            .overlays
+            .iter()
+            .any(|o| start <= o.last && o.start <= last)
+        {
+            return Err(MemoryError::Overlap {
+                base: start,
+                len: last - start + 1,
+            });
         }
         Ok(())
     }
@@ -137,7 +174,11 @@ impl PhysMemory {
                 };
             }
         }
-        if addr < self.ram_size { Region::Ram(addr) } else { Region::Mmio }
+        if addr < self.ram_size {
+            Region::Ram(addr)
+        } else {
+            Region::Mmio
+        }
     }
 
     pub fn a20_enabled(&self) -> bool {
@@ -184,7 +225,10 @@ mod tests {
     fn overlapping_regions_are_refused() {
         let mut m = PhysMemory::new(1 << 20).unwrap();
         m.add_mmio(0xA0000, 0x20000).unwrap();
-        assert!(matches!(m.add_rom(0xB0000, &[0; 4096]), Err(MemoryError::Overlap { .. })));
+        assert!(matches!(
+            m.add_rom(0xB0000, &[0; 4096]),
+            Err(MemoryError::Overlap { .. })
+        ));
     }
 
     #[test]

@@ -74,8 +74,24 @@ impl Cpu {
     lin_access!(read_lin_u32, write_lin_u32, u32, 4);
 
     seg_access!(read_u8, write_u8, rmw_u8, read_lin_u8, write_lin_u8, u8, 1);
-    seg_access!(read_u16, write_u16, rmw_u16, read_lin_u16, write_lin_u16, u16, 2);
-    seg_access!(read_u32, write_u32, rmw_u32, read_lin_u32, write_lin_u32, u32, 4);
+    seg_access!(
+        read_u16,
+        write_u16,
+        rmw_u16,
+        read_lin_u16,
+        write_lin_u16,
+        u16,
+        2
+    );
+    seg_access!(
+        read_u32,
+        write_u32,
+        rmw_u32,
+        read_lin_u32,
+        write_lin_u32,
+        u32,
+        4
+    );
 
     /// Writes the second half of a read-modify-write at the current privilege.
     #[inline(always)]
@@ -138,7 +154,11 @@ impl Cpu {
     /// The exception a failed check on `seg` raises: #SS(0) for the stack
     /// segment, #GP(0) otherwise.
     pub(crate) fn seg_fault(&self, seg: Seg) -> Fault {
-        if seg == Seg::SS { Fault::ss(0) } else { Fault::GP0 }
+        if seg == Seg::SS {
+            Fault::ss(0)
+        } else {
+            Fault::GP0
+        }
     }
 
     /// Supervisor-privileged linear reads (descriptor tables, TSS, IDT):
@@ -176,7 +196,11 @@ impl Cpu {
         let mut v = 0u32;
         for i in 0..n {
             let a = lin.wrapping_add(i);
-            let p = if a & !0xFFF == lin & !0xFFF { p0 + (a - lin) } else { p1 + (a & 0xFFF) };
+            let p = if a & !0xFFF == lin & !0xFFF {
+                p0 + (a - lin)
+            } else {
+                p1 + (a & 0xFFF)
+            };
             v |= self.read_phys(p, 1) << (8 * i);
         }
         Ok(v)
@@ -194,7 +218,11 @@ impl Cpu {
         let p1 = self.translate(last & !0xFFF, true, user)?.phys;
         for i in 0..n {
             let a = lin.wrapping_add(i);
-            let p = if a & !0xFFF == lin & !0xFFF { p0 + (a - lin) } else { p1 + (a & 0xFFF) };
+            let p = if a & !0xFFF == lin & !0xFFF {
+                p0 + (a - lin)
+            } else {
+                p1 + (a & 0xFFF)
+            };
             self.write_phys(p, 1, (v >> (8 * i)) as u32 & 0xFF);
         }
         Ok(())

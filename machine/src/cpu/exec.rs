@@ -2,8 +2,10 @@
 //!
 //! Guest code is decoded once with iced-x86 into blocks of [`Insn`]s, each
 //! carrying its handler and pre-digested operands, and cached by the
-//! backing-store offset of its first byte (and the code size it was decoded
-//! for). A block ends at a control transfer, at the end of a page or after
+//! backing-store offset of its first byte together with the EIP it was
+//! decoded at (so iced's absolute branch targets and `next_ip` stay right
+//! when the same bytes run at another address) and checked against the code
+//! size it was decoded for. A block ends at a control transfer, at the end of a page or after
 //! [`MAX_BLOCK`] instructions. A write to a page holding cached code drops
 //! the page's blocks (`invalidate_code`), so self-modifying code stays
 //! correct. Interrupts and other signals are looked at between blocks, and
@@ -13,7 +15,10 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 
-use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{
+    Code, Decoder, DecoderError, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind,
+    Register,
+};
 
 use super::fault::{Fault, Result};
 use super::paging::tlb_index;
@@ -77,6 +82,8 @@ struct Block {
     insns: Rc<[Insn]>,
     /// Bytes covered, for the CS limit check.
     span: u32,
+    /// Decoded as 32-bit code.
+    code32: bool,
 }
 
 /// Multiplicative hashing for u64 keys: the keys are backing offsets.
@@ -100,6 +107,8 @@ impl Hasher for KeyHasher {
 type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
 
 const FAST_SLOTS: usize = 4096;
+/// Cached blocks kept before the whole cache is dropped (about 16-40 MiB).
+const MAX_BLOCKS: usize = 1 << 16;
 
 /// Decoded blocks, indexed by where their code lives.
 pub(crate) struct CodeCache {
@@ -133,7 +142,9 @@ impl CodeCache {
     #[inline(always)]
     pub fn page_has_code(&self, off: u32) -> bool {
         let p = (off >> 12) as usize;
-        self.code_bits.get(p / 64).is_some_and(|w| w & (1 << (p % 64)) != 0)
+        self.code_bits
+            .get(p / 64)
+            .is_some_and(|w| w & (1 << (p % 64)) != 0)
     }
 
     #[inline(always)]
@@ -152,15 +163,22 @@ impl CodeCache {
         Some(b)
     }
 
-    /// Caches a block; returns true when its page had no code before.
+    /// Caches a block (replacing one decoded at the same place for the
+    /// other code size); returns true when its page had no code before.
     fn insert(&mut self, key: u64, block: Block) -> bool {
+        if self.blocks.len() >= MAX_BLOCKS {
+            // Bound the cache's memory the way a JIT bounds its code buffer:
+            // drop everything and let the working set decode again.
+            self.clear();
+        }
         let page = (key as u32) >> 12;
         let word = &mut self.code_bits[page as usize / 64];
         let first = *word & (1 << (page % 64)) == 0;
         *word |= 1 << (page % 64);
-        self.pages.entry(page).or_default().push(key);
         self.fast[Self::slot(key)] = (key, Some(block.clone()));
-        self.blocks.insert(key, block);
+        if self.blocks.insert(key, block).is_none() {
+            self.pages.entry(page).or_default().push(key);
+        }
         first
     }
 
@@ -257,7 +275,11 @@ impl Insn {
                         d.scale = i.memory_index_scale().trailing_zeros() as u8;
                     }
                     d.disp = i.memory_displacement32();
-                    let addr16 = base.is_gpr16() || index.is_gpr16() || (base == Register::None && index == Register::None && i.memory_displ_size() == 2);
+                    let addr16 = base.is_gpr16()
+                        || index.is_gpr16()
+                        || (base == Register::None
+                            && index == Register::None
+                            && i.memory_displ_size() == 2);
                     d.amask = if addr16 { 0xFFFF } else { u32::MAX };
                 }
                 OpKind::MemorySegSI | OpKind::MemorySegDI | OpKind::MemoryESDI => {
@@ -294,7 +316,26 @@ impl Insn {
 /// Mnemonics that accept a LOCK prefix (with a memory destination).
 fn lockable(m: Mnemonic) -> bool {
     use Mnemonic::*;
-    matches!(m, Add | Adc | And | Btc | Btr | Bts | Cmpxchg | Cmpxchg8b | Dec | Inc | Neg | Not | Or | Sbb | Sub | Xor | Xadd | Xchg)
+    matches!(
+        m,
+        Add | Adc
+            | And
+            | Btc
+            | Btr
+            | Bts
+            | Cmpxchg
+            | Cmpxchg8b
+            | Dec
+            | Inc
+            | Neg
+            | Not
+            | Or
+            | Sbb
+            | Sub
+            | Xor
+            | Xadd
+            | Xchg
+    )
 }
 
 fn select_handler(i: &Instruction) -> Handler {
@@ -366,7 +407,11 @@ impl Cpu {
                 return RunExit::BudgetExhausted;
             }
             let single = self.irq_shadow || self.trace.is_some() || self.flags.test(flags::TF);
-            let max = if single { 1 } else { (end - self.icount).min(MAX_BLOCK as u64) as usize };
+            let max = if single {
+                1
+            } else {
+                (end - self.icount).min(MAX_BLOCK as u64) as usize
+            };
             let trap_after = self.flags.test(flags::TF) && !self.irq_shadow;
             self.irq_shadow = false;
             let before = self.icount;
@@ -398,7 +443,10 @@ impl Cpu {
             }
         }
         if !self.irq_shadow {
-            if sig & Signals::NMI != 0 && !self.sys.nmi_blocked && self.signals.take(Signals::NMI) != 0 {
+            if sig & Signals::NMI != 0
+                && !self.sys.nmi_blocked
+                && self.signals.take(Signals::NMI) != 0
+            {
                 self.halted = false;
                 self.sys.nmi_blocked = true;
                 self.deliver_external(super::vector::NMI);
@@ -410,7 +458,11 @@ impl Cpu {
             }
         }
         if self.halted {
-            return Some(if self.flags.test(flags::IF) { RunExit::Halted } else { RunExit::HaltedInterruptsDisabled });
+            return Some(if self.flags.test(flags::IF) {
+                RunExit::Halted
+            } else {
+                RunExit::HaltedInterruptsDisabled
+            });
         }
         None
     }
@@ -425,7 +477,9 @@ impl Cpu {
             }
         };
         let cs = &self.segs[Seg::CS as usize];
-        let limit_ok = self.eip >= cs.lo && self.eip <= cs.hi && cs.hi - self.eip >= block.span.saturating_sub(1);
+        let limit_ok = self.eip >= cs.lo
+            && self.eip <= cs.hi
+            && cs.hi - self.eip >= block.span.saturating_sub(1);
         self.stop_block = false;
         let ip_mask = if self.code32 { u32::MAX } else { 0xFFFF };
         for d in block.insns.iter().take(max) {
@@ -471,8 +525,10 @@ impl Cpu {
                 Region::Mmio => return self.decode_uncached(lin, user),
             }
         };
-        let key = off as u64 | (self.code32 as u64) << 32;
-        if let Some(b) = self.code.get(key) {
+        let key = off as u64 | (self.eip as u64) << 32;
+        if let Some(b) = self.code.get(key)
+            && b.code32 == self.code32
+        {
             return Ok(b);
         }
         self.decode_block(lin, off, key, user)
@@ -503,7 +559,11 @@ impl Cpu {
             // The first instruction crosses into the next page.
             return self.decode_uncached(lin, user);
         }
-        let block = Block { insns: insns.into(), span };
+        let block = Block {
+            insns: insns.into(),
+            span,
+            code32: self.code32,
+        };
         if self.code.insert(key, block.clone()) {
             self.tlb.protect_page(off & !0xFFF);
         }
@@ -529,12 +589,17 @@ impl Cpu {
             n += 1;
         }
         let bitness = if self.code32 { 32 } else { 16 };
-        let mut decoder = Decoder::with_ip(bitness, &buf[..n], self.eip as u64, DecoderOptions::NONE);
+        let mut decoder =
+            Decoder::with_ip(bitness, &buf[..n], self.eip as u64, DecoderOptions::NONE);
         let i = decoder.decode();
         if decoder.last_error() == DecoderError::NoMoreBytes {
             return Err(fault.unwrap_or(Fault::GP0));
         }
-        Ok(Block { span: i.len() as u32, insns: vec![Insn::new(i)].into() })
+        Ok(Block {
+            span: i.len() as u32,
+            insns: vec![Insn::new(i)].into(),
+            code32: self.code32,
+        })
     }
 
     /// Drops cached code on the backing page holding `off` (a write hit it).

@@ -23,7 +23,13 @@ pub(super) fn handler(i: &Instruction) -> Option<Handler> {
 /// Operand size of a far transfer: 4 for the 32-bit forms.
 fn far_bytes(i: &Instruction) -> u32 {
     match i.code() {
-        Code::Jmp_ptr1632 | Code::Jmp_m1632 | Code::Call_ptr1632 | Code::Call_m1632 | Code::Retfd | Code::Retfd_imm16 | Code::Iretd => 4,
+        Code::Jmp_ptr1632
+        | Code::Jmp_m1632
+        | Code::Call_ptr1632
+        | Code::Call_m1632
+        | Code::Retfd
+        | Code::Retfd_imm16
+        | Code::Iretd => 4,
         _ => 2,
     }
 }
@@ -64,7 +70,11 @@ fn call_far_mem(cpu: &mut Cpu, d: &Insn) -> Result<()> {
 
 /// RETF / RETF imm16.
 fn retf(cpu: &mut Cpu, d: &Insn) -> Result<()> {
-    let imm = if matches!(d.i.code(), Code::Retfw_imm16 | Code::Retfd_imm16) { d.i.immediate16() as u32 } else { 0 };
+    let imm = if matches!(d.i.code(), Code::Retfw_imm16 | Code::Retfd_imm16) {
+        d.i.immediate16() as u32
+    } else {
+        0
+    };
     cpu.ret_far(far_bytes(&d.i), imm)
 }
 
@@ -150,7 +160,11 @@ impl Cpu {
         self.next_eip = off;
         // Real mode: every flag is writable (IOPL and NT included); VM and
         // RF are not changed by a 32-bit IRET here, VIF/VIP are kept.
-        let keep = if bytes == 2 { 0xFFFF_0000 } else { flags::VM | flags::VIF | flags::VIP };
+        let keep = if bytes == 2 {
+            0xFFFF_0000
+        } else {
+            flags::VM | flags::VIF | flags::VIP
+        };
         let v = (self.flags.get() & keep) | (fl & !keep);
         self.flags.set(v & !flags::RF);
         self.stop_block = true;

@@ -34,11 +34,17 @@ pub struct Fault {
 impl Fault {
     #[inline]
     pub const fn new(vector: u8) -> Self {
-        Self { vector, error_code: None }
+        Self {
+            vector,
+            error_code: None,
+        }
     }
     #[inline]
     pub const fn with_code(vector: u8, code: u32) -> Self {
-        Self { vector, error_code: Some(code) }
+        Self {
+            vector,
+            error_code: Some(code),
+        }
     }
     pub const DE: Fault = Fault::new(vector::DE);
     pub const DB: Fault = Fault::new(vector::DB);

@@ -62,7 +62,14 @@ pub(crate) struct Flags {
 
 impl Default for Flags {
     fn default() -> Self {
-        Self { bits: FIXED1, lazy: Lazy::None, sign: 0x8000_0000, a: 0, b: 0, res: 0 }
+        Self {
+            bits: FIXED1,
+            lazy: Lazy::None,
+            sign: 0x8000_0000,
+            a: 0,
+            b: 0,
+            res: 0,
+        }
     }
 }
 
@@ -200,7 +207,9 @@ impl Flags {
             Lazy::Add | Lazy::Adc1 | Lazy::Inc => {
                 (self.a ^ self.res) & (self.b ^ self.res) & self.sign != 0
             }
-            Lazy::Sub | Lazy::Sbb1 | Lazy::Dec => (self.a ^ self.b) & (self.a ^ self.res) & self.sign != 0,
+            Lazy::Sub | Lazy::Sbb1 | Lazy::Dec => {
+                (self.a ^ self.b) & (self.a ^ self.res) & self.sign != 0
+            }
             Lazy::Logic => false,
         }
     }
@@ -304,7 +313,13 @@ mod tests {
 
     fn sub8(a: u32, b: u32, borrow: bool) -> u32 {
         let mut f = Flags::default();
-        f.sub(1, a, b, borrow, a.wrapping_sub(b).wrapping_sub(borrow as u32) & 0xFF);
+        f.sub(
+            1,
+            a,
+            b,
+            borrow,
+            a.wrapping_sub(b).wrapping_sub(borrow as u32) & 0xFF,
+        );
         f.get() & ARITH
     }
 

@@ -66,7 +66,13 @@ impl Cpu {
 
     /// Transfers control through IDT/IVT entry `v`, pushing `ret` as the
     /// return EIP. On success CS:EIP (and `next_eip`) is the handler.
-    pub(crate) fn interrupt(&mut self, v: u8, kind: IntKind, error: Option<u32>, ret: u32) -> Result<()> {
+    pub(crate) fn interrupt(
+        &mut self,
+        v: u8,
+        kind: IntKind,
+        error: Option<u32>,
+        ret: u32,
+    ) -> Result<()> {
         self.stop_block = true;
         if !self.protected_mode() {
             return self.interrupt_real(v, ret);
@@ -86,12 +92,16 @@ impl Cpu {
         let fl = self.flags.get();
         let old_cs = self.segs[Seg::CS as usize].selector;
         let sp = self.regs[super::reg::ESP];
-        let pushed = self.push(2, fl).and_then(|_| self.push(2, old_cs as u32)).and_then(|_| self.push(2, ret));
+        let pushed = self
+            .push(2, fl)
+            .and_then(|_| self.push(2, old_cs as u32))
+            .and_then(|_| self.push(2, ret));
         if let Err(f) = pushed {
             self.regs[super::reg::ESP] = sp;
             return Err(f);
         }
-        self.flags.set_control(flags::IF | flags::TF | flags::AC, false);
+        self.flags
+            .set_control(flags::IF | flags::TF | flags::AC, false);
         self.load_seg_real(Seg::CS, cs);
         self.eip = ip as u32;
         self.next_eip = ip as u32;
@@ -99,7 +109,13 @@ impl Cpu {
     }
 
     /// Protected mode (and v86): through an IDT gate.
-    fn interrupt_protected(&mut self, v: u8, kind: IntKind, error: Option<u32>, ret: u32) -> Result<()> {
+    fn interrupt_protected(
+        &mut self,
+        v: u8,
+        kind: IntKind,
+        error: Option<u32>,
+        ret: u32,
+    ) -> Result<()> {
         let _ = (v, kind, error, ret);
         Err(Fault::gp(0))
     }

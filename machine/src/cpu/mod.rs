@@ -222,8 +222,14 @@ impl Cpu {
         self.next_eip = self.eip;
         self.ldtr = SegCache::system_reset();
         self.tr = SegCache::system_reset();
-        self.gdtr = TableReg { base: 0, limit: 0xFFFF };
-        self.idtr = TableReg { base: 0, limit: 0xFFFF };
+        self.gdtr = TableReg {
+            base: 0,
+            limit: 0xFFFF,
+        };
+        self.idtr = TableReg {
+            base: 0,
+            limit: 0xFFFF,
+        };
         self.cr0 = cr0::ET | cr0::CD | cr0::NW;
         self.cr2 = 0;
         self.cr3 = 0;

@@ -119,7 +119,12 @@ impl Cpu {
     /// written before `f`'s other effects become visible only if the caller
     /// records them after this returns.
     #[inline(always)]
-    pub(crate) fn modify_rm(&mut self, d: &Insn, bytes: u32, f: impl FnOnce(&mut Cpu, u32) -> u32) -> Result<()> {
+    pub(crate) fn modify_rm(
+        &mut self,
+        d: &Insn,
+        bytes: u32,
+        f: impl FnOnce(&mut Cpu, u32) -> u32,
+    ) -> Result<()> {
         if d.i.op0_kind() == OpKind::Register {
             let old = self.reg_sized(d.r0, bytes);
             let new = f(self, old);
@@ -176,7 +181,11 @@ impl Cpu {
     pub(crate) fn peek(&mut self, bytes: u32, offset: u32) -> Result<u32> {
         let mask = self.sp_mask();
         let sp = self.regs[reg::ESP].wrapping_add(offset) & mask;
-        if bytes == 2 { Ok(self.read_u16(Seg::SS, sp)? as u32) } else { self.read_u32(Seg::SS, sp) }
+        if bytes == 2 {
+            Ok(self.read_u16(Seg::SS, sp)? as u32)
+        } else {
+            self.read_u32(Seg::SS, sp)
+        }
     }
 
     /// Adds `delta` to (E)SP at the current stack width.

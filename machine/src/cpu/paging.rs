@@ -29,7 +29,13 @@ pub(crate) struct TlbEntry {
     pub global: bool,
 }
 
-const EMPTY: TlbEntry = TlbEntry { rtag: NO_TAG, wtag: NO_TAG, addend: 0, ppage: 0, global: false };
+const EMPTY: TlbEntry = TlbEntry {
+    rtag: NO_TAG,
+    wtag: NO_TAG,
+    addend: 0,
+    ppage: 0,
+    global: false,
+};
 
 pub(crate) struct Tlb {
     /// `sets[user][index]`.
@@ -45,7 +51,10 @@ pub(crate) fn tlb_index(lin: u32) -> usize {
 
 impl Tlb {
     pub fn new() -> Self {
-        Tlb { sets: Box::new([[EMPTY; TLB_SIZE]; 2]), used: Vec::with_capacity(256) }
+        Tlb {
+            sets: Box::new([[EMPTY; TLB_SIZE]; 2]),
+            used: Vec::with_capacity(256),
+        }
     }
 
     pub fn flush_all(&mut self) {
@@ -131,7 +140,11 @@ impl Cpu {
     pub(crate) fn translate(&mut self, lin: u32, write: bool, user: bool) -> Result<Translation> {
         let a20 = self.mem.a20_mask();
         if !self.paging() {
-            return Ok(Translation { phys: lin & a20, write_direct: true, global: false });
+            return Ok(Translation {
+                phys: lin & a20,
+                write_direct: true,
+                global: false,
+            });
         }
         let err = (write as u32) * pf::WRITE | (user as u32) * pf::USER;
         let fault = |cpu: &mut Cpu, code: u32| {

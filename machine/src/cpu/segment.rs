@@ -58,7 +58,12 @@ impl SegCache {
 
     /// LDTR/TR after reset: base 0, limit 0xFFFF, present.
     pub(crate) fn system_reset() -> Self {
-        SegCache { limit: 0xFFFF, hi: 0xFFFF, attr: attr::P | 2, ..Default::default() }
+        SegCache {
+            limit: 0xFFFF,
+            hi: 0xFFFF,
+            attr: attr::P | 2,
+            ..Default::default()
+        }
     }
 
     /// A cache loaded from a raw 8-byte descriptor.
@@ -71,7 +76,13 @@ impl SegCache {
         if attr & attr::G != 0 {
             limit = (limit << 12) | 0xFFF;
         }
-        let mut c = SegCache { selector, base, limit, attr, ..Default::default() };
+        let mut c = SegCache {
+            selector,
+            base,
+            limit,
+            attr,
+            ..Default::default()
+        };
         c.refresh(false);
         c
     }
@@ -96,7 +107,11 @@ impl SegCache {
         } else if !self.present() || self.attr & attr::S == 0 {
             0
         } else if self.is_code() {
-            if self.attr & attr::RW != 0 { rights::READ } else { 0 }
+            if self.attr & attr::RW != 0 {
+                rights::READ
+            } else {
+                0
+            }
         } else if self.attr & attr::RW != 0 {
             rights::READ | rights::WRITE
         } else {
@@ -106,7 +121,12 @@ impl SegCache {
 
     /// A null or unusable segment: every access faults.
     pub(crate) fn null(selector: u16) -> Self {
-        SegCache { selector, lo: 1, hi: 0, ..Default::default() }
+        SegCache {
+            selector,
+            lo: 1,
+            hi: 0,
+            ..Default::default()
+        }
     }
 
     pub fn present(&self) -> bool {

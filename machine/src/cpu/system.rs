@@ -3,9 +3,9 @@
 
 use iced_x86::{Code, Instruction};
 
+use super::Cpu;
 use super::exec::{Handler, Insn};
 use super::fault::Result;
-use super::Cpu;
 
 /// CPUID leaf 1 EAX and EDX-after-reset: family 6, model 5 (Pentium II
 /// "Deschutes"), stepping 2.
@@ -28,7 +28,10 @@ pub(crate) struct SysState {
 impl SysState {
     pub fn reset(&mut self) {
         let logged = self.unimplemented_logged;
-        *self = SysState { unimplemented_logged: logged, ..Default::default() };
+        *self = SysState {
+            unimplemented_logged: logged,
+            ..Default::default()
+        };
     }
 }
 
