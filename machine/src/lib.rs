@@ -6,6 +6,7 @@
 
 mod bus;
 mod cpu;
+pub mod devices;
 mod memory;
 
 pub use bus::{Bus, IoSize, NullBus, Signals};
