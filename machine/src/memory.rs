@@ -63,7 +63,7 @@ pub const MAX_RAM: u64 = 0xE000_0000;
 impl PhysMemory {
     /// Guest RAM of `ram_size` bytes, zeroed, A20 enabled.
     pub fn new(ram_size: u64) -> Result<Self, MemoryError> {
-        if ram_size == 0 || ram_size % PAGE_SIZE as u64 != 0 || ram_size > MAX_RAM {
+        if ram_size == 0 || !ram_size.is_multiple_of(PAGE_SIZE as u64) || ram_size > MAX_RAM {
             return Err(MemoryError::BadRamSize(ram_size));
         }
         Ok(Self {
@@ -84,7 +84,7 @@ impl PhysMemory {
             base,
             len: image.len(),
         };
-        if image.is_empty() || base % PAGE_SIZE != 0 {
+        if image.is_empty() || !base.is_multiple_of(PAGE_SIZE) {
             return Err(bad);
         }
         let len =
@@ -120,7 +120,10 @@ impl PhysMemory {
         else {
             return Err(bad);
         };
-        if len == 0 || base % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len - 1 > src_last - source
+        if len == 0
+            || !base.is_multiple_of(PAGE_SIZE)
+            || !len.is_multiple_of(PAGE_SIZE)
+            || len - 1 > src_last - source
         {
             return Err(bad);
         }

@@ -9,13 +9,19 @@ use super::{Cpu, Seg};
 use crate::bus::IoSize;
 use crate::memory::Region;
 
+/// Whether an access of `n` bytes at `lin` stays within its page.
+#[inline(always)]
+fn within_page(lin: u32, n: usize) -> bool {
+    (lin & 0xFFF) as usize <= 0x1000 - n
+}
+
 macro_rules! lin_access {
     ($read:ident, $write:ident, $ty:ty, $n:expr) => {
         /// Reads from a linear address with the given privilege.
         #[inline(always)]
         pub(crate) fn $read(&mut self, lin: u32, user: bool) -> Result<$ty> {
             let e = &self.tlb.sets[user as usize][tlb_index(lin)];
-            if e.rtag == lin & !0xFFF && (lin & 0xFFF) <= 0x1000 - $n {
+            if e.rtag == lin & !0xFFF && within_page(lin, $n) {
                 let o = lin.wrapping_add(e.addend) as usize;
                 let bytes = &self.mem.backing[o..o + $n];
                 return Ok(<$ty>::from_le_bytes(bytes.try_into().unwrap_or_default()));
@@ -27,7 +33,7 @@ macro_rules! lin_access {
         #[inline(always)]
         pub(crate) fn $write(&mut self, lin: u32, value: $ty, user: bool) -> Result<()> {
             let e = &self.tlb.sets[user as usize][tlb_index(lin)];
-            if e.wtag == lin & !0xFFF && (lin & 0xFFF) <= 0x1000 - $n {
+            if e.wtag == lin & !0xFFF && within_page(lin, $n) {
                 let o = lin.wrapping_add(e.addend) as usize;
                 self.mem.backing[o..o + $n].copy_from_slice(&value.to_le_bytes());
                 return Ok(());
@@ -60,7 +66,7 @@ macro_rules! seg_access {
             let lin = self.seg_check(seg, off, $n, rights::READ | rights::WRITE)?;
             let user = self.cpl == 3;
             let e = &self.tlb.sets[user as usize][tlb_index(lin)];
-            if e.wtag != lin & !0xFFF || (lin & 0xFFF) > 0x1000 - $n {
+            if e.wtag != lin & !0xFFF || !within_page(lin, $n) {
                 self.prepare_write(lin, $n, user)?;
             }
             Ok((lin, self.$rlin(lin, user)?))

@@ -94,7 +94,7 @@ const fn sign_of(bytes: u32) -> u32 {
 
 #[inline(always)]
 fn parity(v: u32) -> bool {
-    (v as u8).count_ones() % 2 == 0
+    (v as u8).count_ones().is_multiple_of(2)
 }
 
 impl Flags {

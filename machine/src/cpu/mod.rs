@@ -316,6 +316,36 @@ impl Cpu {
     pub fn cr4(&self) -> u32 {
         self.cr4
     }
+    /// Loads CR0 (MOV CR0, LMSW, loaders and tests): flushes the TLB when
+    /// paging or write protection changes and re-derives the mode. ET is
+    /// hardwired to 1 on this CPU. The caller has made the architectural
+    /// checks (MOV CR0 raises #GP for PG without PE, NW without CD).
+    pub fn set_cr0(&mut self, value: u32) {
+        let value = value | cr0::ET;
+        let changed = self.cr0 ^ value;
+        self.cr0 = value;
+        if changed & (cr0::PG | cr0::WP | cr0::PE) != 0 {
+            self.tlb.flush_all();
+        }
+        self.update_mode();
+    }
+
+    /// Loads CR3 (flushes non-global TLB entries).
+    pub fn load_cr3(&mut self, value: u32) {
+        self.set_cr3(value);
+        self.stop_block = true;
+    }
+
+    /// Loads CR4: a change of PSE, PGE or PAE flushes the whole TLB.
+    pub fn set_cr4(&mut self, value: u32) {
+        let changed = self.cr4 ^ value;
+        self.cr4 = value;
+        if changed & (cr4::PSE | cr4::PGE | cr4::PAE) != 0 {
+            self.tlb.flush_all();
+        }
+        self.stop_block = true;
+    }
+
     pub fn cpl(&self) -> u8 {
         self.cpl
     }

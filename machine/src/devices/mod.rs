@@ -30,7 +30,9 @@ pub struct HostClock {
 
 impl Default for HostClock {
     fn default() -> Self {
-        Self { origin: std::time::Instant::now() }
+        Self {
+            origin: std::time::Instant::now(),
+        }
     }
 }
 
