@@ -5,6 +5,7 @@
 //! ports, MMIO and interrupt acknowledge. The worker wraps it.
 
 mod backing;
+pub mod boot;
 mod bus;
 mod cpu;
 pub mod devices;

@@ -403,9 +403,10 @@ impl Cpu {
             }
             let sig = self.signals.load();
             if (sig != 0 || self.halted || self.flags.test(flags::TF))
-                && let Some(exit) = self.service_signals(sig) {
-                    return exit;
-                }
+                && let Some(exit) = self.service_signals(sig)
+            {
+                return exit;
+            }
             if self.icount >= end {
                 return RunExit::BudgetExhausted;
             }
@@ -453,11 +454,13 @@ impl Cpu {
                 self.halted = false;
                 self.sys.nmi_blocked = true;
                 self.deliver_external(super::vector::NMI);
-            } else if sig & Signals::INTR != 0 && self.flags.test(flags::IF)
-                && let Some(v) = self.bus.interrupt_ack() {
-                    self.halted = false;
-                    self.deliver_external(v);
-                }
+            } else if sig & Signals::INTR != 0
+                && self.flags.test(flags::IF)
+                && let Some(v) = self.bus.interrupt_ack()
+            {
+                self.halted = false;
+                self.deliver_external(v);
+            }
         }
         if self.halted {
             return Some(if self.flags.test(flags::IF) {
