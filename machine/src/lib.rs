@@ -4,6 +4,7 @@
 //! ([`Cpu`]) over guest physical memory ([`PhysMemory`]) and a [`Bus`] for
 //! ports, MMIO and interrupt acknowledge. The worker wraps it.
 
+pub mod acpi;
 mod backing;
 pub mod boot;
 mod bus;
