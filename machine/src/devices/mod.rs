@@ -5,6 +5,10 @@
 
 use std::time::Duration;
 
+mod pic8259;
+
+pub use pic8259::{ChipState as PicChipState, InitStep as PicInitStep, PicPair, PicState};
+
 /// An interrupt request line driven by a device.
 pub trait IrqLine {
     /// Drives the line to `level` (true = asserted).
