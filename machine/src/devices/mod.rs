@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 mod pic8259;
+mod pit8254;
 
 pub use pic8259::{ChipState as PicChipState, InitStep as PicInitStep, PicPair, PicState};
+pub use pit8254::{PIT_HZ, Pit8254, PitChannelState, PitState};
 
 /// An interrupt request line driven by a device.
 pub trait IrqLine {
