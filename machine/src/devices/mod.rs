@@ -5,9 +5,11 @@
 
 use std::time::Duration;
 
+mod cmos;
 mod pic8259;
 mod pit8254;
 
+pub use cmos::{Cmos, CmosState};
 pub use pic8259::{ChipState as PicChipState, InitStep as PicInitStep, PicPair, PicState};
 pub use pit8254::{PIT_HZ, Pit8254, PitChannelState, PitState};
 
