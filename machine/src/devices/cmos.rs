@@ -454,7 +454,11 @@ impl<C: Clock, I: IrqLine> Cmos<C, I> {
         if self.reg(reg::B) & b::HOURS_24 != 0 {
             self.encode(hour)
         } else {
-            let h12 = if hour.is_multiple_of(12) { 12 } else { hour % 12 };
+            let h12 = if hour.is_multiple_of(12) {
+                12
+            } else {
+                hour % 12
+            };
             self.encode(h12) | if hour >= 12 { 0x80 } else { 0 }
         }
     }
