@@ -259,15 +259,16 @@ impl<C: Clock, I: IrqLine> Cmos<C, I> {
             // Setting SET also clears UIE.
             value &= !b::UIE;
         }
-        if !was_set && value & b::SET != 0 {
-            self.freeze_into_ram(self.rtc_secs(now));
-        }
-        self.s.ram[usize::from(reg::B)] = value;
         if was_set && value & b::SET == 0 {
-            // The clock restarts from the written time, a full second
-            // before its next update.
+            // The clock restarts from the written time (read in the format
+            // it was written in), a full second before its next update.
             let wanted = i128::from(self.ram_time().to_unix()) * NS_PER_SEC;
             self.s.offset_ns = wanted - self.host_ns(now);
+        }
+        self.s.ram[usize::from(reg::B)] = value;
+        if !was_set && value & b::SET != 0 {
+            // Freeze the time in the format just selected.
+            self.freeze_into_ram(self.rtc_secs(now));
         }
     }
 
@@ -724,6 +725,35 @@ mod tests {
         assert_eq!(
             time(&mut rtc),
             [0x20, 0x24, 0x02, 0x29, 0x05, 0x23, 0x10, 0x59]
+        );
+    }
+
+    #[test]
+    fn cmos_12_hour_binary_write_sets_pm_hour() {
+        let (mut rtc, _clock, _irq) = rtc_at(LEAP_EVE);
+        write(&mut rtc, 0x0B, 0x84); // SET, binary, 12-hour
+        write(&mut rtc, 0x04, 0x80 | 7);
+
+        write(&mut rtc, 0x0B, 0x04); // run, still binary 12-hour
+
+        assert_eq!(read(&mut rtc, 0x04), 0x87);
+        write(&mut rtc, 0x0B, 0x06); // binary, 24-hour
+        assert_eq!(read(&mut rtc, 0x04), 19);
+    }
+
+    #[test]
+    fn cmos_garbage_time_values_are_clamped_not_fatal() {
+        let (mut rtc, _clock, _irq) = rtc_at(LEAP_EVE);
+        write(&mut rtc, 0x0B, 0x82);
+        for index in [0x00, 0x02, 0x04, 0x07, 0x08, 0x09, 0x32] {
+            write(&mut rtc, index, 0xFF);
+        }
+
+        write(&mut rtc, 0x0B, 0x02);
+
+        assert_eq!(
+            time(&mut rtc),
+            [0x99, 0x99, 0x12, 0x31, 0x06, 0x23, 0x59, 0x59]
         );
     }
 

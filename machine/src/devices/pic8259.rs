@@ -637,6 +637,19 @@ mod tests {
     }
 
     #[test]
+    fn pic_request_masked_between_intr_and_inta_gives_spurious_irq7() {
+        let mut pic = bios_pic();
+        pic.set_irq(3, true);
+        assert!(pic.output());
+
+        pic.write(MASTER_DATA, 0x08);
+
+        assert_eq!(pic.acknowledge(), 0x0F);
+        pic.write(MASTER_DATA, 0x00);
+        assert_eq!(pic.acknowledge(), 0x0B);
+    }
+
+    #[test]
     fn pic_level_line_requests_again_after_eoi_while_high() {
         let mut pic = bios_pic();
         pic.write(ELCR_SLAVE, 0x08);

@@ -500,6 +500,8 @@ impl<C: Clock, I: IrqLine> Pit8254<C, I> {
     /// A guest read at `offset` (0-2 counters; the control word reads 0xFF).
     pub fn read(&mut self, offset: u8) -> u8 {
         let t = self.tick();
+        // Account IRQ0 edges first: a read may apply a pending reload.
+        self.update_irq(t);
         match self.channels.get_mut(usize::from(offset)) {
             Some(ch) => ch.read(t),
             None => 0xFF,
@@ -922,6 +924,37 @@ mod tests {
 
         assert_eq!(irq.rising_edges.get(), 2);
         assert_eq!(read_word(&mut pit, 0), 100);
+    }
+
+    #[test]
+    fn pit_counter_read_after_pending_reload_keeps_the_reload_edge() {
+        let (mut pit, clock, irq) = pit();
+        program(&mut pit, 0x34, 1000);
+        pit.poll(clock.0.get());
+        pit.write(0, 100);
+        pit.write(0, 0);
+        advance_ticks(&clock, 1050);
+
+        let count = read_word(&mut pit, 0);
+        pit.poll(clock.0.get());
+
+        assert_eq!(count, 50);
+        assert_eq!(irq.rising_edges.get(), 1);
+        assert_eq!(pit.next_deadline(), Some(time_of_tick(1100)));
+    }
+
+    #[test]
+    fn pit_readback_latches_counts_of_several_channels() {
+        let (mut pit, clock, _irq) = pit();
+        program(&mut pit, 0x34, 1000);
+        program(&mut pit, 0x74, 500);
+        advance_ticks(&clock, 100);
+
+        pit.write(CONTROL, 0xD6); // latch counts of channels 0 and 1
+        advance_ticks(&clock, 100);
+
+        assert_eq!(read_word(&mut pit, 0), 900);
+        assert_eq!(read_word(&mut pit, 1), 400);
     }
 
     #[test]

@@ -657,6 +657,19 @@ mod tests {
     }
 
     #[test]
+    fn uart_rx_timeout_scales_with_divisor_and_frame() {
+        let (mut uart, _clock, _irq, _sink) = linux_uart();
+        uart.write(LCR, 0x80);
+        uart.write(0, 12); // 9600 baud
+        uart.write(LCR, 0x1F); // 8 data bits, even parity, 2 stop bits
+
+        uart.receive(b"k");
+
+        // 12 bits at 9600 baud = 1.25 ms per character.
+        assert_eq!(uart.next_deadline(), Some(Duration::from_millis(5)));
+    }
+
+    #[test]
     fn uart_rx_timeout_restarts_when_guest_reads() {
         let (mut uart, clock, _irq, _sink) = linux_uart();
         uart.receive(b"kl");
