@@ -5,6 +5,16 @@
 
 use std::time::Duration;
 
+mod cmos;
+mod pic8259;
+mod pit8254;
+mod uart16550;
+
+pub use cmos::{Cmos, CmosState};
+pub use pic8259::{ChipState as PicChipState, InitStep as PicInitStep, PicPair, PicState};
+pub use pit8254::{PIT_HZ, Pit8254, PitChannelState, PitState};
+pub use uart16550::{Uart16550, UartState};
+
 /// An interrupt request line driven by a device.
 pub trait IrqLine {
     /// Drives the line to `level` (true = asserted).
