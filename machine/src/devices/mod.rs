@@ -3,6 +3,14 @@
 //! [`IrqLine`], an output `Write`, a [`Clock`]). The platform maps devices
 //! into the port and MMIO buses; no device knows about the CPU, threads or IPC.
 
+mod i8042;
+mod ps2;
+
+pub use i8042::{I8042, I8042Effects, I8042State, SystemControlA};
+pub use ps2::{
+    Key, Ps2Keyboard, Ps2KeyboardState, Ps2Mouse, Ps2MouseState, buttons as mouse_buttons,
+};
+
 use std::time::Duration;
 
 /// An interrupt request line driven by a device.
