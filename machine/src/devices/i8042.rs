@@ -292,6 +292,9 @@ impl<I: IrqLine> I8042<I> {
 
     fn write_data(&mut self, value: u8) -> I8042Effects {
         let Some(cmd) = self.pending.take() else {
+            // Talking to the keyboard re-enables its interface, as the
+            // controller drives the clock line to send.
+            self.ram[0] &= !ccb::KBD_DISABLE;
             self.keyboard.write(value);
             return I8042Effects::default();
         };
@@ -303,7 +306,11 @@ impl<I: IrqLine> I8042<I> {
             0xD1 => return self.set_output_port(value),
             0xD2 => self.queue_controller(value, Source::Keyboard),
             0xD3 => self.queue_controller(value, Source::Aux),
-            0xD4 => self.mouse.write(value),
+            0xD4 => {
+                // Likewise for the aux interface.
+                self.ram[0] &= !ccb::AUX_DISABLE;
+                self.mouse.write(value);
+            }
             _ => {}
         }
         I8042Effects::default()
@@ -638,14 +645,25 @@ mod tests {
     }
 
     #[test]
-    fn aux_disabled_by_a7_holds_mouse_data() {
+    fn aux_disabled_by_a7_holds_mouse_data_until_a8() {
         let mut r = rig();
-        r.command(0xA7);
         r.command(0xD4);
-        r.data(0xF2);
-        assert!(r.drain().is_empty());
+        r.data(0xF4);
+        r.drain();
+        r.command(0xA7);
+        r.kbc.mouse_event(1, 0, 0, 0);
+        let while_disabled = r.drain();
         r.command(0xA8);
-        assert_eq!(r.drain(), [ACK, 0x00]);
+        assert!(while_disabled.is_empty());
+        assert_eq!(r.drain(), [0x08, 0x01, 0x00]);
+    }
+
+    #[test]
+    fn writing_to_the_keyboard_reenables_its_interface() {
+        let mut r = rig();
+        r.command(0xAD);
+        r.data(0xF2);
+        assert_eq!(r.drain(), [ACK, 0xAB, 0x83]);
     }
 
     #[test]

@@ -488,7 +488,7 @@ impl<C: Clock> Lapic<C> {
                 let first = u64::from(self.timer_count_base);
                 let at_ticks = first + (n - 1) * period;
                 let at = self.ticks_to_time(at_ticks);
-                let base = self.timer_base + at;
+                let base = self.timer_base.saturating_add(at);
                 self.rebase_timer(base, self.timer_initial);
             }
         }
@@ -512,7 +512,7 @@ impl<C: Clock> Lapic<C> {
         }
         let first = u64::from(self.timer_count_base);
         let ticks = first + self.timer_fired * u64::from(self.timer_initial);
-        Some(self.timer_base + self.ticks_to_time(ticks))
+        Some(self.timer_base.saturating_add(self.ticks_to_time(ticks)))
     }
 
     // ----- MMIO -----

@@ -258,6 +258,8 @@ pub struct Piix4PmState {
     pub gpe0_en: u16,
     pub other: Vec<u8>,
     pub tmr_period_seen: u64,
+    pub apm_control: u8,
+    pub apm_status: u8,
 }
 
 /// PIIX4 power management function (01.3) and its ACPI I/O registers.
@@ -273,6 +275,8 @@ pub struct Piix4Pm<C: Clock, I: IrqLine> {
     /// The PM timer's bit-23 half-period count when TMR_STS last caught up.
     tmr_period_seen: u64,
     s5_slp_typ: u8,
+    apm_control: u8,
+    apm_status: u8,
     io_changed: bool,
     clock: C,
     sci: I,
@@ -293,6 +297,8 @@ impl<C: Clock, I: IrqLine> Piix4Pm<C, I> {
     /// on and off; the FADT's ACPI_ENABLE / ACPI_DISABLE must match.
     pub const ACPI_ENABLE: u8 = 0xF1;
     pub const ACPI_DISABLE: u8 = 0xF0;
+    pub const APM_CONTROL_PORT: u16 = 0xB2;
+    pub const APM_STATUS_PORT: u16 = 0xB3;
 
     /// `s5_slp_typ` is the SLP_TYP the board's DSDT `\_S5` names; `sci` is
     /// ISA IRQ 9, driven as a level while an enabled event is pending.
@@ -312,6 +318,11 @@ impl<C: Clock, I: IrqLine> Piix4Pm<C, I> {
         for offset in 0x58..=0x7F {
             config.set_writable(offset, 0xFF);
         }
+        // DEVACTB bit 25 (APMC_EN) reads as set: "SMM already initialised",
+        // so SeaBIOS does not try to relocate SMBASE through an SMI that
+        // this machine (no SMM) would never answer. QEMU does the same when
+        // SMM is off.
+        config.set_u8(0x5B, 0x02);
         Self {
             config,
             pm1_sts: 0,
@@ -322,6 +333,8 @@ impl<C: Clock, I: IrqLine> Piix4Pm<C, I> {
             other: [0; pmio::LEN as usize],
             tmr_period_seen: 0,
             s5_slp_typ: s5_slp_typ & 7,
+            apm_control: 0,
+            apm_status: 0,
             io_changed: false,
             clock,
             sci,
@@ -357,11 +370,45 @@ impl<C: Clock, I: IrqLine> Piix4Pm<C, I> {
     /// A guest write to the APM control port (0xB2): the ACPI enable
     /// handshake (there is no SMM to do it, so the chipset does it here).
     pub fn apm_control_write(&mut self, value: u8) {
+        self.apm_control = value;
         match value {
             Self::ACPI_ENABLE => self.pm1_cnt |= pm1::SCI_EN,
             Self::ACPI_DISABLE => self.pm1_cnt &= !pm1::SCI_EN,
             _ => {}
         }
+    }
+
+    /// The APM ports 0xB2 (control) and 0xB3 (status, plain storage).
+    pub fn apm_read(&self, port: u16) -> u8 {
+        match port {
+            Self::APM_CONTROL_PORT => self.apm_control,
+            Self::APM_STATUS_PORT => self.apm_status,
+            _ => 0xFF,
+        }
+    }
+
+    pub fn apm_write(&mut self, port: u16, value: u8) {
+        match port {
+            Self::APM_CONTROL_PORT => self.apm_control_write(value),
+            Self::APM_STATUS_PORT => self.apm_status = value,
+            _ => {}
+        }
+    }
+
+    /// SCI_EN, for a board whose FADT has no SMI command port (the OS then
+    /// assumes ACPI mode is always on, so the board sets it at reset).
+    pub fn set_sci_en(&mut self, on: bool) {
+        if on {
+            self.pm1_cnt |= pm1::SCI_EN;
+        } else {
+            self.pm1_cnt &= !pm1::SCI_EN;
+        }
+    }
+
+    /// The board resumed the machine from a sleep state: sets WAK_STS.
+    pub fn wake(&mut self) {
+        self.pm1_sts |= pm1::WAK_STS;
+        self.update_sci();
     }
 
     /// PM timer ticks since the clock's origin.
@@ -492,6 +539,8 @@ impl<C: Clock, I: IrqLine> Piix4Pm<C, I> {
             gpe0_en: self.gpe0_en,
             other: self.other.to_vec(),
             tmr_period_seen: self.tmr_period_seen,
+            apm_control: self.apm_control,
+            apm_status: self.apm_status,
         }
     }
 
@@ -507,6 +556,8 @@ impl<C: Clock, I: IrqLine> Piix4Pm<C, I> {
             *dst = *src;
         }
         dev.tmr_period_seen = s.tmr_period_seen;
+        dev.apm_control = s.apm_control;
+        dev.apm_status = s.apm_status;
         dev.io_changed = true;
         dev.update_sci();
         dev
@@ -774,6 +825,28 @@ mod tests {
         r.piix.pm.apm_control_write(0xF1);
         let cnt = r.piix.pm.io_read(pmio::PM1_CNT, IoSize::Word) as u16;
         assert_eq!(cnt & pm1::SCI_EN, pm1::SCI_EN);
+    }
+
+    #[test]
+    fn smm_reads_as_already_initialised() {
+        let mut r = rig();
+        let devactb = r.cfg_read(PM_DEVFN, 0x58, IoSize::Dword);
+        assert_ne!(devactb & 1 << 25, 0);
+    }
+
+    #[test]
+    fn apm_status_port_is_storage() {
+        let mut r = rig();
+        r.piix.pm.apm_write(0xB3, 0x5A);
+        assert_eq!(r.piix.pm.apm_read(0xB3), 0x5A);
+    }
+
+    #[test]
+    fn wake_sets_wak_sts() {
+        let mut r = rig();
+        r.piix.pm.wake();
+        let sts = r.piix.pm.io_read(pmio::PM1_STS, IoSize::Word) as u16;
+        assert_eq!(sts & pm1::WAK_STS, pm1::WAK_STS);
     }
 
     #[test]

@@ -567,10 +567,15 @@ impl Ps2Mouse {
     /// from the user, "up"), and the [`buttons`] now held. Motion accumulates
     /// while the queue is full or the mouse is in remote mode.
     pub fn mouse_event(&mut self, dx: i32, dy: i32, dz: i32, buttons: u8) {
+        let buttons = buttons & 7;
+        if !self.enabled && !self.remote {
+            // Reporting is off: a later enable must not replay old motion.
+            self.buttons = buttons;
+            return;
+        }
         self.dx = self.dx.saturating_add(dx);
         self.dy = self.dy.saturating_sub(dy);
         self.dz = self.dz.saturating_add(dz);
-        let buttons = buttons & 7;
         if buttons != self.buttons || dx != 0 || dy != 0 || dz != 0 {
             self.dirty = true;
         }
@@ -831,6 +836,15 @@ mod tests {
         let mut m = Ps2Mouse::new();
         m.mouse_event(5, 5, 0, 0);
         assert!(!m.has_output());
+    }
+
+    #[test]
+    fn motion_while_disabled_is_not_replayed_on_enable() {
+        let mut m = Ps2Mouse::new();
+        m.mouse_event(5, 5, 0, 0);
+        m.write(0xF4);
+        m.mouse_event(1, 0, 0, 0);
+        assert_eq!(drain_mouse(&mut m), [ACK, 0x08, 0x01, 0x00]);
     }
 
     #[test]
