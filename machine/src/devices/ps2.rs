@@ -508,7 +508,7 @@ impl Ps2Mouse {
             }
             0xEB => {
                 self.respond(&[ACK]);
-                self.emit_packet();
+                self.emit_packet(false);
             }
             0xEC => {
                 self.wrap = false;
@@ -590,14 +590,31 @@ impl Ps2Mouse {
             && self.dirty
             && self.queue.len() + self.packet_len() <= INPUT_QUEUE_LIMIT
         {
-            self.emit_packet();
+            self.emit_packet(true);
         }
+    }
+
+    /// 2:1 scaling, applied to stream-mode reports only.
+    fn scale_2to1(v: i32) -> i32 {
+        let magnitude = match v.unsigned_abs() {
+            0 => 0,
+            1 | 2 => 1,
+            3 => 3,
+            4 => 6,
+            5 => 9,
+            m => m.saturating_mul(2).min(i32::MAX as u32),
+        } as i32;
+        magnitude * v.signum()
     }
 
     /// Emits one packet from the accumulated motion. Motion beyond the 9-bit
     /// range saturates and sets the overflow bit; the excess is dropped,
     /// as a real mouse drops it.
-    fn emit_packet(&mut self) {
+    fn emit_packet(&mut self, stream: bool) {
+        if stream && self.scaling_2to1 {
+            self.dx = Self::scale_2to1(self.dx);
+            self.dy = Self::scale_2to1(self.dy);
+        }
         fn axis(v: i32) -> (u8, bool, bool) {
             let clamped = v.clamp(-256, 255);
             (clamped as u8, clamped < 0, clamped != v)
@@ -854,6 +871,16 @@ mod tests {
         drain_mouse(&mut m);
         m.mouse_event(-3, 4, 0, buttons::LEFT);
         assert_eq!(drain_mouse(&mut m), [0x08 | 0x01 | 0x10 | 0x20, 0xFD, 0xFC]);
+    }
+
+    #[test]
+    fn scaling_2to1_applies_to_stream_reports() {
+        let mut m = Ps2Mouse::new();
+        m.write(0xE7);
+        m.write(0xF4);
+        drain_mouse(&mut m);
+        m.mouse_event(4, -10, 0, 0);
+        assert_eq!(drain_mouse(&mut m), [0x08, 6, 20]);
     }
 
     #[test]
