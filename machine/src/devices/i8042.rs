@@ -146,6 +146,25 @@ impl<I: IrqLine> I8042<I> {
         }
     }
 
+    /// Back to the power-on state (machine reset), keeping the IRQ lines.
+    /// The board re-applies A20 from [`I8042::a20`] (on after reset).
+    pub fn reset(&mut self) {
+        let mut ram = [0; 32];
+        ram[0] = ccb::KBD_INT | ccb::AUX_INT;
+        self.ram = ram;
+        self.status_sys = false;
+        self.last_was_command = false;
+        self.output = None;
+        self.last_output = 0;
+        self.controller_queue.clear();
+        self.pending = None;
+        self.output_port = outport::RESET | outport::A20;
+        self.xlat_break = false;
+        self.keyboard = Ps2Keyboard::new();
+        self.mouse = Ps2Mouse::new();
+        self.update_irqs();
+    }
+
     fn command_byte(&self) -> u8 {
         self.ram[0]
     }
@@ -215,7 +234,7 @@ impl<I: IrqLine> I8042<I> {
                 s |= status::AUXB;
             }
         }
-        if self.status_sys || self.command_byte() & ccb::SYS != 0 {
+        if self.status_sys {
             s |= status::SYS;
         }
         if self.last_was_command {
@@ -301,6 +320,10 @@ impl<I: IrqLine> I8042<I> {
         match cmd {
             0x60..=0x7F => {
                 self.ram[usize::from(cmd - 0x60)] = value;
+                if cmd == 0x60 {
+                    // The status register's system flag follows the command byte.
+                    self.status_sys = value & ccb::SYS != 0;
+                }
                 self.update_irqs();
             }
             0xD1 => return self.set_output_port(value),
@@ -743,6 +766,24 @@ mod tests {
         r.command(0xAA);
         r.drain();
         assert_eq!(r.kbc.read(DATA_PORT), 0x55);
+    }
+
+    #[test]
+    fn command_byte_sys_bit_shows_in_status() {
+        let mut r = rig();
+        r.command(0x60);
+        r.data(ccb::SYS);
+        assert_ne!(r.kbc.read(COMMAND_PORT) & status::SYS, 0);
+    }
+
+    #[test]
+    fn reset_clears_pending_output_and_lowers_irqs() {
+        let mut r = rig();
+        r.kbc.key_event(Key::Char('a'), true);
+        r.kbc.reset();
+        assert_eq!(r.kbc.read(COMMAND_PORT) & status::OBF, 0);
+        assert!(!r.irq1.level.get());
+        assert!(r.kbc.a20());
     }
 
     #[test]

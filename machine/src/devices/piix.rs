@@ -302,7 +302,7 @@ impl<C: Clock, I: IrqLine> Piix4Pm<C, I> {
 
     /// `s5_slp_typ` is the SLP_TYP the board's DSDT `\_S5` names; `sci` is
     /// ISA IRQ 9, driven as a level while an enabled event is pending.
-    pub fn new(clock: C, sci: I, s5_slp_typ: u8) -> Self {
+    fn initial_config() -> ConfigSpace {
         let mut config = ConfigSpace::new(INTEL, 0x7113, [0x06, 0x80, 0x00], 0x03);
         config.set_writable_u16(reg::COMMAND, 0x0001);
         config.set_u8(reg::INTERRUPT_LINE, Self::SCI_IRQ);
@@ -323,6 +323,11 @@ impl<C: Clock, I: IrqLine> Piix4Pm<C, I> {
         // this machine (no SMM) would never answer. QEMU does the same when
         // SMM is off.
         config.set_u8(0x5B, 0x02);
+        config
+    }
+
+    pub fn new(clock: C, sci: I, s5_slp_typ: u8) -> Self {
+        let config = Self::initial_config();
         Self {
             config,
             pm1_sts: 0,
@@ -339,6 +344,23 @@ impl<C: Clock, I: IrqLine> Piix4Pm<C, I> {
             clock,
             sci,
         }
+    }
+
+    /// Back to the power-on state (machine reset), keeping clock and SCI line.
+    pub fn reset(&mut self) {
+        let before = self.pm_io_base();
+        self.config = Self::initial_config();
+        self.pm1_sts = 0;
+        self.pm1_en = 0;
+        self.pm1_cnt = 0;
+        self.gpe0_sts = 0;
+        self.gpe0_en = 0;
+        self.other = [0; pmio::LEN as usize];
+        self.tmr_period_seen = self.ticks() >> 23;
+        self.apm_control = 0;
+        self.apm_status = 0;
+        self.io_changed |= self.pm_io_base() != before;
+        self.update_sci();
     }
 
     /// The PM I/O block's base port while PMREGMISC enables it.
@@ -881,6 +903,20 @@ mod tests {
                 let _ = r.piix.pm.io_read(offset, size);
             }
         }
+    }
+
+    #[test]
+    fn reset_drops_pending_events_and_disables_pm_io() {
+        let mut r = rig();
+        r.enable_pm_io(0x600);
+        let _ = r
+            .piix
+            .pm
+            .io_write(pmio::PM1_EN, IoSize::Word, u32::from(pm1::PWRBTN_EN));
+        r.piix.pm.press_power_button();
+        r.piix.pm.reset();
+        assert!(!r.sci.level.get());
+        assert_eq!(r.piix.pm.pm_io_base(), None);
     }
 
     #[test]
