@@ -341,8 +341,8 @@ impl<I: IrqLine> I8042<I> {
 
     fn set_output_port(&mut self, value: u8) -> I8042Effects {
         let old_a20 = self.a20();
-        // The buffer-full bits are inputs here: only reset and A20 are driven.
-        self.output_port = (value & (outport::RESET | outport::A20)) | 0x0C;
+        // The buffer-full bits reflect the output buffer; the rest is stored.
+        self.output_port = value & !(outport::AUX_OBF | outport::KBD_OBF);
         let mut effects = I8042Effects::default();
         if self.a20() != old_a20 {
             effects.a20 = Some(self.a20());

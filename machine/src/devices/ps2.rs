@@ -199,7 +199,8 @@ impl Ps2Keyboard {
         self.scancode_set = 2;
     }
 
-    /// A byte from the host (the guest's write to port 0x60, or 0xD2-less data).
+    /// A byte from the host: a guest write to port 0x60 with no controller
+    /// command pending.
     pub fn write(&mut self, byte: u8) {
         if let Some(cmd) = self.pending.take() {
             match cmd {
