@@ -661,3 +661,132 @@ impl Cpu {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::NullBus;
+    use crate::cpu::{TableReg, cr0};
+    use crate::memory::PhysMemory;
+
+    const GDT: u32 = 0x1000;
+    const K_DATA: u16 = 0x10;
+    const U_DATA: u16 = 0x1B;
+    const EXEC_ONLY: u16 = 0x20;
+    const CONF_READ: u16 = 0x28;
+    const NOT_PRESENT: u16 = 0x30;
+    const K_CODE: u16 = 0x08;
+
+    fn flat(access: u8) -> u64 {
+        0x00CF_0000_0000_FFFF | (access as u64) << 40
+    }
+
+    /// Protected mode at `cpl` with a GDT of flat segments.
+    fn cpu_at(cpl: u8) -> Cpu {
+        let mut cpu = Cpu::new(PhysMemory::new(1 << 20).expect("RAM"), Box::new(NullBus));
+        for (sel, d) in [
+            (K_CODE, flat(0x9A)),
+            (K_DATA, flat(0x92)),
+            (U_DATA, flat(0xF2)),
+            (EXEC_ONLY, flat(0xF8)),
+            (CONF_READ, flat(0x9E)),
+            (NOT_PRESENT, flat(0x72)),
+        ] {
+            cpu.write_phys_bytes(GDT + (sel & !7) as u32, &d.to_le_bytes());
+        }
+        cpu.set_gdtr(TableReg {
+            base: GDT,
+            limit: 0x37,
+        });
+        cpu.set_cr0(cpu.cr0() | cr0::PE);
+        cpu.set_seg_cache(Seg::CS, SegCache::from_descriptor(K_CODE, flat(0x9B)));
+        cpu.set_cpl(cpl);
+        cpu
+    }
+
+    #[test]
+    fn null_selector_in_ds_loads_an_unusable_segment() {
+        let mut cpu = cpu_at(0);
+        assert_eq!(cpu.load_seg(Seg::DS, 0x0003), Ok(()));
+        assert_eq!(cpu.seg(Seg::DS).selector, 3);
+        assert_eq!(cpu.read_u8(Seg::DS, 0), Err(Fault::GP0));
+    }
+
+    #[test]
+    fn null_selector_in_ss_is_gp0() {
+        let mut cpu = cpu_at(0);
+        assert_eq!(cpu.load_seg(Seg::SS, 0), Err(Fault::gp(0)));
+    }
+
+    #[test]
+    fn ss_needs_rpl_and_dpl_equal_to_cpl_and_presence() {
+        let mut cpu = cpu_at(3);
+        assert_eq!(cpu.load_seg(Seg::SS, K_DATA | 3), Err(Fault::gp(0x10)));
+        assert_eq!(cpu.load_seg(Seg::SS, U_DATA & !3), Err(Fault::gp(0x18)));
+        assert_eq!(cpu.load_seg(Seg::SS, NOT_PRESENT | 3), Err(Fault::ss(0x30)));
+        assert_eq!(cpu.load_seg(Seg::SS, U_DATA), Ok(()));
+        assert!(cpu.stack32);
+    }
+
+    #[test]
+    fn ss_must_be_writable_data() {
+        let mut cpu = cpu_at(0);
+        assert_eq!(cpu.load_seg(Seg::SS, CONF_READ), Err(Fault::gp(0x28)));
+    }
+
+    #[test]
+    fn selector_beyond_the_gdt_limit_is_gp_without_rpl() {
+        let mut cpu = cpu_at(0);
+        assert_eq!(cpu.load_seg(Seg::DS, 0x3B), Err(Fault::gp(0x38)));
+    }
+
+    #[test]
+    fn ldt_selector_without_an_ldt_is_gp() {
+        let mut cpu = cpu_at(0);
+        assert_eq!(cpu.load_seg(Seg::ES, 0x0C), Err(Fault::gp(0x0C)));
+    }
+
+    #[test]
+    fn data_segment_privilege_checks() {
+        let mut cpu = cpu_at(3);
+        assert_eq!(cpu.load_seg(Seg::DS, K_DATA | 3), Err(Fault::gp(0x10)));
+        assert_eq!(cpu.load_seg(Seg::DS, EXEC_ONLY | 3), Err(Fault::gp(0x20)));
+        // Readable conforming code is loadable at any privilege.
+        assert_eq!(cpu.load_seg(Seg::DS, CONF_READ | 3), Ok(()));
+        assert_eq!(cpu.load_seg(Seg::FS, U_DATA), Ok(()));
+        let mut cpu = cpu_at(0);
+        assert_eq!(cpu.load_seg(Seg::GS, K_DATA), Ok(()));
+        assert_eq!(cpu.load_seg(Seg::GS, U_DATA), Ok(()));
+    }
+
+    #[test]
+    fn rpl_above_dpl_is_gp() {
+        let mut cpu = cpu_at(0);
+        assert_eq!(cpu.load_seg(Seg::DS, K_DATA | 2), Err(Fault::gp(0x10)));
+    }
+
+    #[test]
+    fn not_present_data_segment_is_np() {
+        let mut cpu = cpu_at(3);
+        assert_eq!(cpu.load_seg(Seg::DS, NOT_PRESENT | 3), Err(Fault::np(0x30)));
+    }
+
+    #[test]
+    fn load_sets_the_accessed_bit() {
+        let mut cpu = cpu_at(0);
+        cpu.load_seg(Seg::DS, K_DATA).expect("load");
+        let mut b = [0u8];
+        cpu.read_phys_bytes(GDT + 0x10 + 5, &mut b);
+        assert_eq!(b[0], 0x93);
+        assert_ne!(cpu.seg(Seg::DS).attr & attr::ACCESSED, 0);
+    }
+
+    #[test]
+    fn v86_load_is_paragraph_based() {
+        let mut cpu = cpu_at(0);
+        cpu.set_eflags(flags::VM | 2);
+        cpu.load_seg(Seg::DS, 0x1234).expect("load");
+        let ds = cpu.seg(Seg::DS);
+        assert_eq!((ds.base, ds.limit, ds.dpl()), (0x12340, 0xFFFF, 3));
+    }
+}
