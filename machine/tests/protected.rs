@@ -1035,3 +1035,46 @@ fn not_present_data_selector_in_a_new_task_is_np() {
     assert_eq!(pm.stack(2), [NP_DATA as u32, BCODE]);
     assert_eq!(pm.esp(), BSTACK - 16);
 }
+
+#[test]
+fn tss_debug_trap_flag_raises_db_in_the_new_task() {
+    let mut pm = Pm::new();
+    pm.poke_u16(TSS_B + 0x64, 1);
+    pm.load(
+        KCODE,
+        asm(32, |a| {
+            a.ltr(eax)?;
+            a.jmp_far(TSS_B_SEL, 0)
+        }),
+    );
+    pm.run();
+    assert_eq!(pm.halted_in(), Some(1));
+    assert_eq!(pm.stack(2), [BCODE, K_CODE as u32]);
+    assert_eq!(pm.esp(), BSTACK - 12);
+}
+
+#[test]
+fn sixteen_bit_interrupt_gate_pushes_a_word_frame() {
+    let mut pm = Pm::new();
+    // A 286 gate has a 16-bit offset.
+    pm.set_gate(0x22, gate(K_CODE, 0xC000, 0x6, 0, 0));
+    pm.load(KCODE, asm(32, |a| a.int(0x22)));
+    pm.step(1);
+    assert_eq!(pm.g.cpu.eip(), 0xC000);
+    assert_eq!(pm.esp(), KSTACK - 6);
+    let words: Vec<u16> = (0..3).map(|i| pm.peek_u16(KSTACK - 6 + 2 * i)).collect();
+    assert_eq!(words, [(KCODE + 2) as u16, K_CODE, 2]);
+}
+
+#[test]
+fn iret_from_cpl0_sets_iopl_and_cli_at_cpl3_is_then_allowed() {
+    let mut pm = Pm::new();
+    pm.to_user(UCODE, IOPL3 | 0x202, USTACK);
+    pm.load(UCODE, asm(32, |a| a.cli()));
+    pm.step(3);
+    assert_eq!(
+        pm.g.cpu.eflags() & (IOPL3 | IF),
+        IOPL3,
+        "CLI allowed with IOPL 3"
+    );
+}

@@ -31,6 +31,8 @@ struct TaskState {
     /// ES, CS, SS, DS, FS, GS.
     segs: [u16; 6],
     ldt: u16,
+    /// The debug-trap flag (32-bit TSS only).
+    trap: bool,
 }
 
 /// 32-bit TSS field offsets.
@@ -41,6 +43,7 @@ mod tss32 {
     pub const REGS: u32 = 0x28;
     pub const SEGS: u32 = 0x48;
     pub const LDT: u32 = 0x60;
+    pub const TRAP: u32 = 0x64;
     /// The last byte task switches write (GS).
     pub const SAVED_END: u32 = 0x5F;
     pub const MIN_LIMIT: u32 = 0x67;
@@ -159,6 +162,7 @@ impl Cpu {
         self.ldtr = SegCache::null(st.ldt);
         self.update_mode();
 
+        self.load_ldtr(st.ldt, Fault::ts, Fault::ts)?;
         if self.v86_mode() {
             for (i, &s) in st.segs.iter().enumerate() {
                 self.load_seg_real(Seg::ALL[i], s);
@@ -174,6 +178,12 @@ impl Cpu {
         if st.eip > self.segs[Seg::CS as usize].hi {
             return Err(Fault::GP0);
         }
+        if st.trap {
+            // The TSS's T flag: a debug trap before the new task's first
+            // instruction, with DR6.BT.
+            self.dr[6] |= 1 << 15;
+            return Err(Fault::DB);
+        }
         Ok(())
     }
 
@@ -185,6 +195,7 @@ impl Cpu {
             regs: [0; 8],
             segs: [0; 6],
             ldt: 0,
+            trap: false,
         };
         let at = |off: u32| base.wrapping_add(off);
         if is32 {
@@ -198,6 +209,7 @@ impl Cpu {
                 st.segs[i] = self.read_sys_u16(at(tss32::SEGS + 4 * i as u32))?;
             }
             st.ldt = self.read_sys_u16(at(tss32::LDT))?;
+            st.trap = self.read_sys_u16(at(tss32::TRAP))? & 1 != 0;
         } else {
             st.eip = self.read_sys_u16(at(tss16::IP))? as u32;
             // The upper half of EFLAGS does not exist in a 286 TSS.
@@ -239,13 +251,11 @@ impl Cpu {
         Ok(())
     }
 
-    /// Loads LDTR, CS, SS, DS, ES, FS and GS of the new task with the
+    /// Loads CS, SS, DS, ES, FS and GS of the new task with the
     /// task-switch fault rules (SDM vol. 3, table 7-1): #TS(sel) for bad
     /// selectors, #NP(sel) for absent code and data, #SS(sel) for an
     /// absent stack.
     fn load_task_segments(&mut self, st: &TaskState) -> Result<()> {
-        self.load_ldtr(st.ldt, Fault::ts, Fault::ts)?;
-
         let cs = st.segs[Seg::CS as usize];
         let err = sel_error(cs);
         if cs & 0xFFFC == 0 {
