@@ -1078,3 +1078,75 @@ fn iret_from_cpl0_sets_iopl_and_cli_at_cpl3_is_then_allowed() {
         "CLI allowed with IOPL 3"
     );
 }
+
+// ---- selector loads by guest instructions ----
+
+#[test]
+#[ignore = "needs data.rs MOV Sreg"]
+fn mov_ds_of_a_dpl0_segment_at_cpl3_is_gp_with_the_selector() {
+    let mut pm = Pm::new();
+    pm.to_user(UCODE, 0x202, USTACK);
+    pm.g.cpu.set_gpr(reg::EBX, K_DATA as u32 | 3);
+    pm.load(UCODE, asm(32, |a| a.mov(ds, bx)));
+    pm.run();
+    assert_eq!(pm.halted_in(), Some(13));
+    assert_eq!(pm.stack(2), [K_DATA as u32, UCODE]);
+}
+
+#[test]
+#[ignore = "needs data.rs MOV Sreg"]
+fn mov_ss_of_a_not_present_segment_is_ss_fault() {
+    let mut pm = Pm::new();
+    pm.poke_u64(GDT + 0xA8, flat(0x12));
+    pm.g.cpu.set_gpr(reg::EBX, 0xA8);
+    pm.load(KCODE, asm(32, |a| a.mov(ss, bx)));
+    pm.run();
+    assert_eq!(pm.halted_in(), Some(12));
+    assert_eq!(pm.stack(2), [0xA8, KCODE]);
+}
+
+#[test]
+#[ignore = "needs data.rs MOV"]
+fn access_through_a_null_data_segment_is_gp0() {
+    let mut pm = Pm::new();
+    pm.g.cpu.set_gpr(reg::EBX, 0);
+    pm.load(
+        KCODE,
+        asm(32, |a| {
+            a.mov(es, bx)?;
+            a.mov(eax, dword_ptr(0x100).es())
+        }),
+    );
+    pm.run();
+    assert_eq!(pm.halted_in(), Some(13));
+    assert_eq!(pm.stack(2), [0, KCODE + 3]);
+}
+
+#[test]
+#[ignore = "needs data.rs MOV/PUSH"]
+fn syscall_style_round_trip_through_an_int_gate() {
+    let mut pm = Pm::new();
+    pm.set_gate(0x80, gate(K_CODE, HCODE, INT32, 3, 0));
+    pm.to_user(UCODE, 0x202, USTACK);
+    pm.load(
+        UCODE,
+        asm(32, |a| {
+            a.mov(eax, 1)?;
+            a.int(0x80)?;
+            a.mov(ebx, eax)?;
+            a.int(0x81)
+        }),
+    );
+    // Handler: EAX += 41 (via LEA), back to ring 3.
+    pm.load(
+        HCODE,
+        asm(32, |a| {
+            a.lea(eax, dword_ptr(eax + 41))?;
+            a.iretd()
+        }),
+    );
+    pm.set_gate(0x81, gate(K_CODE, DEFAULT + 0x810, INT32, 3, 0));
+    pm.run();
+    assert_eq!(pm.halted_in(), Some(0x81));
+    assert_eq!(pm.g.cpu.gpr(reg::EBX), 42);
+}
