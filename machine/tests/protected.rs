@@ -1150,3 +1150,115 @@ fn syscall_style_round_trip_through_an_int_gate() {
     assert_eq!(pm.halted_in(), Some(0x81));
     assert_eq!(pm.g.cpu.gpr(reg::EBX), 42);
 }
+
+#[test]
+fn task_switch_into_a_v86_task_and_a_fault_there_uses_its_ring0_stack() {
+    let mut pm = Pm::new();
+    pm.poke_u32(TSS_B + 4, 0x9000); // ESP0
+    pm.poke_u32(TSS_B + 8, K_DATA as u32); // SS0
+    pm.poke_u32(TSS_B + 0x20, 0x100);
+    pm.poke_u32(TSS_B + 0x24, VM | 2);
+    pm.poke_u32(TSS_B + 0x38, 0xFFF0);
+    for (i, s) in [0x3000u32, 0x1100, 0x2000, 0x4000, 0x5000, 0x6000]
+        .into_iter()
+        .enumerate()
+    {
+        pm.poke_u32(TSS_B + 0x48 + 4 * i as u32, s);
+    }
+    pm.load(
+        KCODE,
+        asm(32, |a| {
+            a.ltr(eax)?;
+            a.jmp_far(TSS_B_SEL, 0)
+        }),
+    );
+    pm.load(V86_CODE, asm(16, |a| a.hlt()));
+    pm.step(2);
+    assert_ne!(pm.g.cpu.eflags() & VM, 0);
+    assert_eq!(pm.g.cpu.cpl(), 3);
+    assert_eq!(pm.g.cpu.seg(Seg::DS).base, 0x40000);
+    pm.run();
+    assert_eq!(pm.halted_in(), Some(13));
+    assert_eq!(pm.esp(), 0x9000 - 40);
+    assert_eq!(pm.stack(3), [0, 0x100, 0x1100]);
+}
+
+#[test]
+fn bad_ring0_stack_in_the_tss_is_ts_delivered_through_a_task_gate() {
+    let mut pm = Pm::new();
+    pm.poke_u32(TSS_A + 8, U_DATA as u32); // SS0 with DPL 3: invalid
+    pm.set_gate(10, gate(TSS_B_SEL, 0, TASK, 0, 0));
+    pm.set_gate(0x80, gate(K_CODE, HCODE, INT32, 3, 0));
+    pm.to_user(UCODE, 0x202, USTACK);
+    pm.load(UCODE, asm(32, |a| a.int(0x80)));
+    pm.load(BCODE, asm(32, |a| a.hlt()));
+    pm.run();
+    assert_eq!(pm.g.cpu.eip(), BCODE + 1);
+    assert_eq!(pm.stack(1), [U_DATA as u32 & !3]);
+    assert_eq!(pm.peek(TSS_A + 0x20), UCODE, "the INT is restarted");
+}
+
+#[test]
+fn call_gate_checks() {
+    // Gate DPL below CPL: #GP(gate).
+    let mut pm = Pm::new();
+    pm.poke_u64(GDT + 0xA8, gate(K_CODE, HCODE, CALL32, 0, 0));
+    pm.to_user(UCODE, 0x202, USTACK);
+    pm.load(UCODE, asm(32, |a| a.call_far(0xAB, 0)));
+    pm.run();
+    assert_eq!(pm.halted_in(), Some(13));
+    assert_eq!(pm.stack(1), [0xA8]);
+
+    // Gate not present: #NP(gate).
+    let mut pm = Pm::new();
+    pm.poke_u64(
+        GDT + 0xA8,
+        gate(K_CODE, HCODE, CALL32, 3, 0) & !(0x80 << 40),
+    );
+    pm.to_user(UCODE, 0x202, USTACK);
+    pm.load(UCODE, asm(32, |a| a.call_far(0xAB, 0)));
+    pm.run();
+    assert_eq!(pm.halted_in(), Some(11));
+    assert_eq!(pm.stack(1), [0xA8]);
+
+    // Gate to a data segment: #GP(target).
+    let mut pm = Pm::new();
+    pm.poke_u64(GDT + 0xA8, gate(K_DATA, HCODE, CALL32, 3, 0));
+    pm.to_user(UCODE, 0x202, USTACK);
+    pm.load(UCODE, asm(32, |a| a.call_far(0xAB, 0)));
+    pm.run();
+    assert_eq!(pm.halted_in(), Some(13));
+    assert_eq!(pm.stack(1), [K_DATA as u32]);
+}
+
+#[test]
+fn retf_to_an_outer_level_checks_the_popped_ss() {
+    let mut pm = Pm::new();
+    // A hand-made outer-level frame whose SS has the wrong RPL.
+    for (i, v) in [UCODE, U_CODE as u32, USTACK, K_DATA as u32 | 3]
+        .into_iter()
+        .enumerate()
+    {
+        pm.poke_u32(KSTACK - 16 + 4 * i as u32, v);
+    }
+    pm.g.cpu.set_gpr(reg::ESP, KSTACK - 16);
+    pm.load(KCODE, asm(32, |a| a.retf()));
+    pm.run();
+    assert_eq!(pm.halted_in(), Some(13));
+    assert_eq!(pm.stack(2), [K_DATA as u32, KCODE]);
+    assert_eq!(pm.g.cpu.cpl(), 0);
+}
+
+#[test]
+fn iret_with_a_not_present_return_segment_is_np() {
+    let mut pm = Pm::new();
+    pm.poke_u64(GDT + 0xA8, flat(0x1A));
+    for (i, v) in [UCODE, 0xA8, 2].into_iter().enumerate() {
+        pm.poke_u32(KSTACK - 12 + 4 * i as u32, v);
+    }
+    pm.g.cpu.set_gpr(reg::ESP, KSTACK - 12);
+    pm.load(KCODE, asm(32, |a| a.iretd()));
+    pm.run();
+    assert_eq!(pm.halted_in(), Some(11));
+    assert_eq!(pm.stack(2), [0xA8, KCODE]);
+}

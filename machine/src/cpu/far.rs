@@ -1,6 +1,7 @@
 //! Far control transfers: JMP/CALL far (direct and indirect), RETF, IRET.
-//! Real and v86 mode here; protected mode adds descriptor checks, call
-//! gates, privilege changes and task switches.
+//! Real and v86 mode are paragraph-based; protected mode adds descriptor
+//! checks, call gates with privilege changes and parameter copying,
+//! returns to outer levels and to v86 mode, and task switches (`task.rs`).
 
 use iced_x86::{Code, Instruction};
 

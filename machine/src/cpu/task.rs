@@ -3,8 +3,9 @@
 //!
 //! The new task's state is read before anything changes, and the old TSS is
 //! checked writable, so a fault before the commit point (TR loaded) leaves
-//! the old task intact. Faults while loading the new task's segment
-//! registers happen after it, in the new task's context, as on hardware.
+//! the old task intact. Faults while loading the new task's LDTR and
+//! segment registers happen after it, in the new task's context, as on
+//! hardware; so does the debug trap of a TSS with its T flag set.
 
 use super::fault::{Fault, Result};
 use super::segment::{Desc, SegCache, sel_error, sys_type};
