@@ -229,7 +229,7 @@ impl Cpu {
                 let desc = self.task_gate_target(tss, 0)?;
                 self.task_switch(tss, desc, TaskSource::Jmp, None, self.next_eip)
             }
-            Some(sys_type::TSS16_AVAIL | sys_type::TSS32_AVAIL) => {
+            Some(sys_type::TSS16_AVAIL | sys_type::TSS32_AVAIL) if sel & 4 == 0 => {
                 if !d.present() {
                     return Err(Fault::np(err));
                 }
@@ -281,7 +281,7 @@ impl Cpu {
                 let desc = self.task_gate_target(tss, 0)?;
                 self.task_switch(tss, desc, TaskSource::Call, None, ret)
             }
-            Some(sys_type::TSS16_AVAIL | sys_type::TSS32_AVAIL) => {
+            Some(sys_type::TSS16_AVAIL | sys_type::TSS32_AVAIL) if sel & 4 == 0 => {
                 if !d.present() {
                     return Err(Fault::np(err));
                 }
