@@ -1262,3 +1262,25 @@ fn iret_with_a_not_present_return_segment_is_np() {
     assert_eq!(pm.halted_in(), Some(11));
     assert_eq!(pm.stack(2), [0xA8, KCODE]);
 }
+
+#[test]
+fn double_fault_through_a_task_gate_runs_the_double_fault_task() {
+    // Linux i386's arrangement: #DF goes to its own task and stack.
+    let mut pm = Pm::new();
+    pm.set_gate(13, 0);
+    pm.set_gate(8, gate(TSS_B_SEL, 0, TASK, 0, 0));
+    pm.g.cpu.set_gpr(reg::EBX, K_DATA as u32);
+    pm.load(
+        KCODE,
+        asm(32, |a| {
+            a.ltr(eax)?;
+            a.ltr(ebx)
+        }),
+    );
+    pm.load(BCODE, asm(32, |a| a.hlt()));
+    pm.run();
+    assert_eq!(pm.g.cpu.eip(), BCODE + 1);
+    assert_eq!(pm.esp(), BSTACK - 4);
+    assert_eq!(pm.stack(1), [0]);
+    assert_eq!(pm.peek_u16(TSS_B), TSS_A_SEL);
+}
