@@ -47,7 +47,8 @@ impl Guest {
     /// A machine whose CPU starts in real mode at 0000:`org` (CS base 0).
     pub fn real_mode(mib: u64, org: u32) -> Guest {
         let mut g = Guest::new(mib);
-        g.cpu.set_seg_cache(machine::Seg::CS, machine::SegCache::real_mode(0));
+        g.cpu
+            .set_seg_cache(machine::Seg::CS, machine::SegCache::real_mode(0));
         g.cpu.set_eip(org);
         g
     }
