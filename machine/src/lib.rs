@@ -11,6 +11,7 @@ mod bus;
 mod cpu;
 pub mod devices;
 mod memory;
+pub mod pc;
 
 pub use backing::BackingError;
 pub use bus::{Bus, IoSize, NullBus, Signals};

@@ -257,6 +257,12 @@ impl Cpu {
         self.signals.clone()
     }
 
+    /// Replaces the signal word (a platform that built its devices first
+    /// hands them the word, then the CPU).
+    pub fn set_signals(&mut self, signals: Signals) {
+        self.signals = signals;
+    }
+
     /// Instructions retired since power-on.
     pub fn instruction_count(&self) -> u64 {
         self.icount
