@@ -11,7 +11,7 @@ mod memory;
 
 pub use bus::{Bus, IoSize, NullBus, Signals};
 pub use cpu::{
-    Cpu, CpuidInfo, Fault, RunExit, Seg, SegCache, ShutdownReason, TableReg, TraceHook, cr0, cr4,
-    reg, vector,
+    Cpu, CpuidInfo, Fault, RunExit, Seg, SegCache, ShutdownReason, TableReg, TraceHook, TscSource,
+    cpuid_edx, cr0, cr4, msr, reg, vector,
 };
 pub use memory::{MAX_RAM, MemoryError, PAGE_SIZE, PhysMemory, Region};

@@ -39,7 +39,7 @@ pub use exec::{RunExit, TraceHook};
 pub use fault::{Fault, vector};
 pub(crate) use flags::Flags;
 pub use segment::SegCache;
-pub use system::CpuidInfo;
+pub use system::{CpuidInfo, TscSource, cpuid_edx, msr};
 
 /// General-purpose register numbers, in x86 encoding order.
 pub mod reg {
