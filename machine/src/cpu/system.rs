@@ -368,7 +368,7 @@ impl Cpu {
             msr::SYSENTER_EIP => s.sysenter_eip = value as u32,
             msr::MTRR_PHYS_BASE0..=msr::MTRR_PHYS_MASK7 => {
                 let n = (index - msr::MTRR_PHYS_BASE0) as usize;
-                let ok = if n % 2 == 0 {
+                let ok = if n.is_multiple_of(2) {
                     value & !(MTRR_ADDR_BITS | 0xFF) == 0 && memory_type_ok(value as u8)
                 } else {
                     value & !(MTRR_ADDR_BITS | 1 << 11) == 0
@@ -827,4 +827,134 @@ fn out_imm8(cpu: &mut Cpu, d: &Insn) -> Result<()> {
 fn out_dx(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     let port = cpu.regs[reg::EDX] as u16;
     port_out(cpu, port, io_bytes(d.i.code()))
+}
+
+impl Cpu {
+    /// The task register's descriptor cache.
+    pub fn tr_cache(&self) -> SegCache {
+        self.tr
+    }
+
+    /// Loads the task register from a ready-made descriptor cache
+    /// (loaders and tests that build protected-mode state by hand).
+    pub fn set_tr_cache(&mut self, cache: SegCache) {
+        self.tr = cache;
+    }
+}
+
+impl Cpu {
+    /// Leaves the HLT state without an interrupt (debuggers and tests
+    /// resuming the CPU at the instruction after HLT, or at a new EIP).
+    pub fn wake(&mut self) {
+        self.halted = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::NullBus;
+    use crate::memory::PhysMemory;
+
+    const TSS: u32 = 0x3000;
+
+    /// A CPU in protected mode at CPL 3, IOPL 0, with a 32-bit TSS whose
+    /// bitmap (at TSS+0x68) allows every port and ends at `limit`.
+    fn cpu_with_tss(ty: u8, limit: u32) -> Cpu {
+        let mut cpu = Cpu::new(PhysMemory::new(1 << 20).unwrap(), Box::new(NullBus));
+        cpu.set_cr0(cr0::PE);
+        cpu.set_cpl(3);
+        cpu.write_phys_bytes(TSS + 0x66, &0x68u16.to_le_bytes());
+        let raw = (limit as u64 & 0xFFFF)
+            | (TSS as u64) << 16
+            | (0x80 | ty as u64) << 40
+            | ((limit as u64 >> 16) & 0xF) << 48;
+        cpu.set_tr_cache(SegCache::from_descriptor(0x28, raw));
+        cpu
+    }
+
+    fn deny(cpu: &mut Cpu, port: u16) {
+        let at = TSS + 0x68 + (port as u32 >> 3);
+        let mut b = [0u8];
+        cpu.read_phys_bytes(at, &mut b);
+        cpu.write_phys_bytes(at, &[b[0] | 1 << (port & 7)]);
+    }
+
+    #[test]
+    fn io_is_always_allowed_in_real_mode() {
+        let mut cpu = cpu_with_tss(0xB, 0x67);
+        cpu.set_cr0(0);
+        assert_eq!(cpu.io_allowed(0x80, 4), Ok(()));
+    }
+
+    #[test]
+    fn io_bitmap_allows_clear_ports_and_denies_set_ones() {
+        let mut cpu = cpu_with_tss(0xB, 0x68 + 0x2000);
+        deny(&mut cpu, 0x61);
+        assert_eq!(cpu.io_allowed(0x60, 1), Ok(()));
+        assert_eq!(cpu.io_allowed(0x61, 1), Err(Fault::GP0));
+        assert_eq!(
+            cpu.io_allowed(0x60, 2),
+            Err(Fault::GP0),
+            "second byte denied"
+        );
+        assert_eq!(cpu.io_allowed(0x5E, 2), Ok(()));
+    }
+
+    #[test]
+    fn io_bitmap_checks_straddle_a_bitmap_byte() {
+        let mut cpu = cpu_with_tss(0xB, 0x68 + 0x2000);
+        deny(&mut cpu, 0x400);
+        assert_eq!(cpu.io_allowed(0x3FE, 2), Ok(()));
+        assert_eq!(cpu.io_allowed(0x3FE, 4), Err(Fault::GP0));
+    }
+
+    #[test]
+    fn io_bitmap_bytes_beyond_the_tss_limit_deny() {
+        // The limit ends the map after the byte of ports 0x3F8..0x3FF; the
+        // word read for those ports needs the byte after it.
+        let mut cpu = cpu_with_tss(0xB, 0x68 + 0x7F);
+        assert_eq!(cpu.io_allowed(0x3F0, 1), Ok(()));
+        assert_eq!(cpu.io_allowed(0x3F8, 1), Err(Fault::GP0));
+        assert_eq!(cpu.io_allowed(0x400, 1), Err(Fault::GP0));
+    }
+
+    #[test]
+    fn io_without_a_32_bit_tss_is_denied_below_iopl() {
+        let mut cpu = cpu_with_tss(0x3, 0x68 + 0x2000); // busy 16-bit TSS
+        assert_eq!(cpu.io_allowed(0x80, 1), Err(Fault::GP0));
+        let mut cpu = cpu_with_tss(0xB, 0x65); // too short for the map base
+        assert_eq!(cpu.io_allowed(0x80, 1), Err(Fault::GP0));
+    }
+
+    #[test]
+    fn iopl_allows_protected_mode_but_not_v86_mode() {
+        let mut cpu = cpu_with_tss(0xB, 0x68 + 0x2000);
+        deny(&mut cpu, 0x80);
+        cpu.set_eflags(flags::IOPL | flags::FIXED1);
+        assert_eq!(cpu.io_allowed(0x80, 1), Ok(()));
+        cpu.set_eflags(flags::IOPL | flags::VM | flags::FIXED1);
+        assert_eq!(cpu.io_allowed(0x80, 1), Err(Fault::GP0));
+        assert_eq!(cpu.io_allowed(0x81, 1), Ok(()));
+    }
+
+    #[test]
+    fn msrs_reset_but_platform_configuration_survives() {
+        let mut cpu = cpu_with_tss(0xB, 0x67);
+        cpu.set_apic_present(true);
+        cpu.write_msr(msr::SYSENTER_CS, 8).unwrap();
+        cpu.write_msr(msr::APIC_BASE, 0xFEC0_0000).unwrap();
+        cpu.reset();
+        assert_eq!(cpu.read_msr(msr::SYSENTER_CS), Some(0));
+        assert_eq!(cpu.apic_base(), 0xFEE0_0900);
+        assert!(cpu.tsc() < 16, "RESET zeroes the TSC");
+    }
+
+    #[test]
+    fn apic_base_rejects_reserved_bits() {
+        let mut cpu = cpu_with_tss(0xB, 0x67);
+        cpu.set_apic_present(true);
+        assert_eq!(cpu.write_msr(msr::APIC_BASE, 0xFEE0_0001), Err(Fault::GP0));
+        assert_eq!(cpu.write_msr(msr::APIC_BASE, 1 << 40), Err(Fault::GP0));
+    }
 }
