@@ -241,6 +241,7 @@ impl Cpu {
         self.code32 = false;
         self.stack32 = false;
         self.sys.reset();
+        self.set_tsc(0);
         self.fpu = x87::Fpu::default();
         self.halted = false;
         self.irq_shadow = false;
