@@ -453,7 +453,6 @@ fn a_page_crossing_write_faulting_on_the_second_page_writes_nothing() {
     });
     g.map(0x40_0000, 0x5_0000, PTE_W);
     g.poke(0x5_0FFE, &[0xEE, 0xEE]);
-    g.cpu.set_idtr(gdtr(0x1234, 0x5678_9ABC));
     expect_pf(&mut g, 2, 0x40_1000, pm::CODE);
     assert_eq!(peek(&mut g, 0x5_0FFE, 2), [0xEE, 0xEE]);
 }
