@@ -226,6 +226,21 @@ fn apic_base_msr_exists_only_with_an_apic_and_keeps_the_bsp_bit() {
 }
 
 #[test]
+fn p6_identification_msrs_read_and_the_microcode_signature_is_kept() {
+    let mut g = msr_guest();
+    for index in [msr::PLATFORM_ID, msr::EBL_CR_POWERON, msr::MTRRCAP] {
+        g.cpu.set_gpr(reg::ECX, index);
+        g.cpu.set_eip(ORG + 3); // the RDMSR
+        run_real(&mut g);
+    }
+    assert_eq!(msr_round_trip(&mut g, msr::BIOS_SIGN_ID, 0), 0);
+    assert_eq!(
+        msr_round_trip(&mut g, msr::BIOS_SIGN_ID, 0x0000_0033_0000_0000),
+        0x0000_0033_0000_0000
+    );
+}
+
+#[test]
 fn rdmsr_of_an_unknown_msr_raises_gp() {
     let mut g = real(|a| {
         a.rdmsr().unwrap();
