@@ -480,3 +480,40 @@ fn a_fault_leaves_the_stale_translation_behind_and_invlpg_retries_cleanly() {
         "not-present entries are not cached"
     );
 }
+
+#[test]
+fn a_write_into_the_next_instruction_of_the_running_block_takes_effect() {
+    let mut g = paged(4, |a| a.hlt().unwrap());
+    g.poke(pm::CODE, &smc_code(pm::CODE + 7));
+    g.cpu.set_idtr(gdtr(0xE8E6, 0xF4F4_F4F4));
+    g.run_to_hlt();
+    assert_eq!(g.log.borrow().ports, vec![(0xE8, 0)]);
+}
+
+#[test]
+#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
+fn an_instruction_fetch_crossing_into_a_not_present_page_faults_on_the_second_page() {
+    let mut g = paged(4, |_| {});
+    g.map(0x40_0000, 0x5_0000, PTE_W);
+    // SIDT [abs32] is 7 bytes: four on the first page, three on the missing one.
+    g.poke(0x5_0FFC, &smc_code(0x40_0800)[..4]);
+    g.cpu.set_eip(0x40_0FFC);
+    expect_pf(&mut g, 0, 0x40_1000, 0x40_0FFC);
+}
+
+#[test]
+#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
+fn a_supervisor_translation_in_the_tlb_does_not_grant_user_access() {
+    let mut g = paged(4, |a| {
+        a.sidt(ptr(0x40_0000)).unwrap();
+        a.sysexit().unwrap();
+    });
+    let mut a = CodeAssembler::new(32).unwrap();
+    a.sgdt(ptr(0x40_0000)).unwrap();
+    a.sysenter().unwrap();
+    g.load(0x1_1000, a);
+    g.map(0x40_0000, 0x5_0000, PTE_W);
+    g.cpu.set_gpr(reg::EDX, 0x1_1000);
+    g.cpu.set_gpr(reg::ECX, pm::USTACK);
+    expect_pf(&mut g, 7, 0x40_0000, 0x1_1000);
+}
