@@ -354,6 +354,7 @@ fn select_handler(i: &Instruction) -> Handler {
         .or_else(|| super::string::handler(i))
         .or_else(|| super::branch::handler(i))
         .or_else(|| super::far::handler(i))
+        .or_else(|| super::segment::handler(i))
         .or_else(|| super::system::handler(i))
         .or_else(|| super::interrupt::handler(i))
         .or_else(|| super::x87::handler(i))
