@@ -354,7 +354,6 @@ fn expect_pf(g: &mut Guest, code: u32, lin: u32, eip: u32) {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn a_read_of_a_not_present_page_faults_with_code_0() {
     let mut g = paged(4, |a| {
         a.lgdt(ptr(0x40_0123)).unwrap();
@@ -366,7 +365,6 @@ fn a_read_of_a_not_present_page_faults_with_code_0() {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn a_write_to_a_not_present_directory_entry_faults_with_code_2() {
     let mut g = paged(4, |a| {
         a.sidt(ptr(0xC000_0010u64)).unwrap();
@@ -376,7 +374,6 @@ fn a_write_to_a_not_present_directory_entry_faults_with_code_2() {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn a_user_write_to_a_read_only_page_faults_with_code_7() {
     let mut g = user_paged(|a| a.sgdt(ptr(0x40_0000)).unwrap());
     g.map(0x40_0000, 0x5_0000, PTE_U);
@@ -384,7 +381,6 @@ fn a_user_write_to_a_read_only_page_faults_with_code_7() {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn a_user_write_to_a_supervisor_page_faults_with_code_7() {
     let mut g = user_paged(|a| a.sgdt(ptr(0x40_0000)).unwrap());
     g.map(0x40_0000, 0x5_0000, PTE_W);
@@ -392,7 +388,6 @@ fn a_user_write_to_a_supervisor_page_faults_with_code_7() {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn a_user_page_under_a_supervisor_directory_entry_is_supervisor() {
     let mut g = user_paged(|a| a.sgdt(ptr(0x40_0000)).unwrap());
     g.map(0x40_0000, 0x5_0000, PTE_W | PTE_U);
@@ -411,7 +406,6 @@ fn user_writes_to_a_user_writable_page_succeed() {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn a_user_fetch_from_a_supervisor_page_faults_with_code_5() {
     let mut g = user_paged(|_| {});
     // Make the user code's own page supervisor-only.
@@ -420,7 +414,6 @@ fn a_user_fetch_from_a_supervisor_page_faults_with_code_5() {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn a_supervisor_write_to_a_read_only_page_faults_with_cr0_wp() {
     let mut g = paged(4, |a| {
         a.sidt(ptr(0x40_0000)).unwrap();
@@ -433,7 +426,6 @@ fn a_supervisor_write_to_a_read_only_page_faults_with_cr0_wp() {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn a_reserved_bit_in_a_4mib_pde_faults_with_rsvd() {
     let mut g = paged(16, |a| {
         a.sidt(ptr(0x80_0000)).unwrap();
@@ -445,7 +437,6 @@ fn a_reserved_bit_in_a_4mib_pde_faults_with_rsvd() {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn a_page_crossing_write_faulting_on_the_second_page_writes_nothing() {
     let mut g = paged(4, |a| {
         a.sidt(ptr(0x40_0FFE)).unwrap();
@@ -458,7 +449,6 @@ fn a_page_crossing_write_faulting_on_the_second_page_writes_nothing() {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn a_fault_leaves_the_stale_translation_behind_and_invlpg_retries_cleanly() {
     // Linux's lazy TLB pattern: a page is made present after a fault and
     // the faulting access is retried.
@@ -491,7 +481,6 @@ fn a_write_into_the_next_instruction_of_the_running_block_takes_effect() {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn an_instruction_fetch_crossing_into_a_not_present_page_faults_on_the_second_page() {
     let mut g = paged(4, |_| {});
     g.map(0x40_0000, 0x5_0000, PTE_W);
@@ -502,7 +491,6 @@ fn an_instruction_fetch_crossing_into_a_not_present_page_faults_on_the_second_pa
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn a_supervisor_translation_in_the_tlb_does_not_grant_user_access() {
     let mut g = paged(4, |a| {
         a.sidt(ptr(0x40_0000)).unwrap();

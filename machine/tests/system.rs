@@ -658,7 +658,6 @@ fn cpl3_io_is_allowed_by_iopl_3_whatever_the_bitmap_says() {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn cpl3_io_to_a_denied_port_raises_gp() {
     let mut g = user_out_guest();
     g.enable_io_bitmap();
@@ -671,7 +670,6 @@ fn cpl3_io_to_a_denied_port_raises_gp() {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn cpl3_io_without_a_bitmap_raises_gp() {
     let mut g = user_out_guest();
     g.cpu.set_gpr(reg::EDX, 0x80);
@@ -680,7 +678,6 @@ fn cpl3_io_without_a_bitmap_raises_gp() {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn cpl3_io_beyond_the_tss_limit_raises_gp() {
     let mut g = user_out_guest();
     g.enable_io_bitmap();
@@ -696,7 +693,6 @@ fn cpl3_io_beyond_the_tss_limit_raises_gp() {
 // ---- privilege checks at CPL 3 ----
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn privileged_instructions_at_cpl3_raise_gp() {
     let builders: [fn(&mut CodeAssembler); 8] = [
         |a| a.mov(cr0, eax).unwrap(),
@@ -769,7 +765,6 @@ fn sysenter_in_real_mode_raises_gp() {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn sysenter_with_a_null_sysenter_cs_raises_gp() {
     let mut g = protected(|a| {
         a.sysenter().unwrap();
@@ -780,7 +775,6 @@ fn sysenter_with_a_null_sysenter_cs_raises_gp() {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn sysexit_at_cpl3_raises_gp() {
     let mut g = Guest::protected(4);
     let mut a = CodeAssembler::new(32).unwrap();
@@ -843,7 +837,6 @@ fn rdtsc_from_the_host_clock_advances() {
 }
 
 #[test]
-#[ignore = "needs protected-mode exception delivery from interrupt.rs"]
 fn rdtsc_at_cpl3_with_cr4_tsd_raises_gp() {
     let mut g = Guest::protected(4);
     let mut a = CodeAssembler::new(32).unwrap();
