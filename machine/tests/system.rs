@@ -875,3 +875,35 @@ fn rdpmc_reads_zero_at_cpl0_and_rejects_counters_above_1() {
     g.cpu.set_eip(ORG);
     run_real_expect(&mut g, vector::GP);
 }
+
+/// A v86-mode guest at 1100:0000 running OUT DX, AL then HLT (which
+/// faults at CPL 3), with IOPL 3 and an I/O bitmap.
+fn v86_out_guest(deny: bool) -> Guest {
+    let mut g = Guest::protected(4);
+    g.poke(0x1_1000, &[0xEE, 0xF4]); // out dx, al; hlt
+    g.enable_io_bitmap();
+    g.deny_port(0x80, deny);
+    g.cpu.set_eflags(g.cpu.eflags() | 1 << 17 | 3 << 12);
+    for s in [Seg::DS, Seg::ES, Seg::FS, Seg::GS, Seg::SS] {
+        g.cpu.set_seg_cache(s, machine::SegCache::real_mode(0));
+    }
+    g.cpu
+        .set_seg_cache(Seg::CS, machine::SegCache::real_mode(0x1100));
+    g.cpu.set_eip(0);
+    g.cpu.set_gpr(reg::ESP, 0x7000);
+    g.cpu.set_gpr(reg::EDX, 0x80);
+    g
+}
+
+#[test]
+fn v86_io_consults_the_bitmap_even_with_iopl_3() {
+    let mut g = v86_out_guest(true);
+    let e = g.run_to_exception();
+    assert_eq!((e.vector, e.error_code, e.eip), (vector::GP, Some(0), 0));
+    assert!(g.log.borrow().ports.is_empty());
+
+    let mut g = v86_out_guest(false);
+    let e = g.run_to_exception();
+    assert_eq!((e.vector, e.eip), (vector::GP, 1), "the HLT faults");
+    assert_eq!(g.log.borrow().ports.len(), 1);
+}
