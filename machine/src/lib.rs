@@ -16,7 +16,7 @@ pub mod pc;
 pub use backing::BackingError;
 pub use bus::{Bus, IoSize, NullBus, Signals};
 pub use cpu::{
-    Cpu, CpuidInfo, Fault, RunExit, Seg, SegCache, ShutdownReason, TableReg, TraceHook, cr0, cr4,
-    reg, vector,
+    Cpu, CpuidInfo, Fault, RunExit, Seg, SegCache, ShutdownReason, TableReg, TraceHook, TscSource,
+    cpuid_edx, cr0, cr4, msr, reg, vector,
 };
 pub use memory::{MAX_RAM, MemoryError, PAGE_SIZE, PhysMemory, Region};

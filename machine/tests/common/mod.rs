@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod pm;
+
 use std::cell::RefCell;
 use std::rc::Rc;
 
