@@ -22,12 +22,14 @@ pub use board::{DEBUG_EXIT_PORT, SerialOut};
 use crate::acpi;
 use crate::boot::{self, BootError, linux, multiboot};
 use crate::bus::Signals;
-use crate::cpu::{Cpu, RunExit, ShutdownReason};
+use crate::cpu::{Cpu, RunExit, ShutdownReason, TscSource};
 use crate::devices::{Clock, HostClock};
 use crate::memory::{MemoryError, PhysMemory};
 
 /// Guest-physical base of the linear framebuffer (where QEMU's stdvga puts its LFB).
 pub const FRAMEBUFFER_BASE: u32 = 0xFD00_0000;
+/// The TSC's nominal rate.
+pub const TSC_HZ: u64 = 1_000_000_000;
 /// Instructions per slice between timer polls.
 const SLICE: u64 = 200_000;
 
@@ -234,6 +236,10 @@ impl Pc {
         )));
         let mut cpu = Cpu::new(mem, Box::new(BoardBus(board.clone())));
         cpu.set_signals(signals.clone());
+        cpu.set_apic_present(true);
+        // The TSC follows host time (at a nominal 1 GHz), so the guest's
+        // calibration against the PIT holds whatever the emulation speed.
+        cpu.set_tsc_source(TscSource::HostClock { hz: TSC_HZ });
         let mut pc = Pc {
             cpu,
             board,
@@ -368,7 +374,13 @@ impl Pc {
                 None => SLICE,
             };
             let exit = self.cpu.run(budget);
-            self.board.borrow_mut().poll();
+            {
+                let mut b = self.board.borrow_mut();
+                // IA32_APIC_BASE.EN (bit 11) gates the local APIC.
+                b.lapic
+                    .set_enabled_by_msr(self.cpu.apic_base() & (1 << 11) != 0);
+                b.poll();
+            }
             match exit {
                 RunExit::BudgetExhausted | RunExit::Stopped => {}
                 RunExit::Reset => {
