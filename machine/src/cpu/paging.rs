@@ -146,7 +146,7 @@ impl Cpu {
                 global: false,
             });
         }
-        let err = (write as u32) * pf::WRITE | (user as u32) * pf::USER;
+        let err = ((write as u32) * pf::WRITE) | ((user as u32) * pf::USER);
         let fault = |cpu: &mut Cpu, code: u32| {
             cpu.cr2 = lin;
             Err(Fault::pf(code))
