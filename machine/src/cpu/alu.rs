@@ -808,7 +808,7 @@ fn cmpxchg8b(cpu: &mut Cpu, d: &Insn) -> Result<()> {
 
 // ---- BCD adjusts, sign extension, SALC ----
 
-fn al(cpu: &Cpu) -> u32 {
+fn read_al(cpu: &Cpu) -> u32 {
     cpu.regs[reg::EAX] & 0xFF
 }
 
@@ -819,7 +819,7 @@ fn set_al(cpu: &mut Cpu, v: u32) {
 /// DAA: decimal-adjusts AL after an addition.
 fn daa(cpu: &mut Cpu, _: &Insn) -> Result<()> {
     let f = cpu.flags.get();
-    let (old_al, old_cf) = (al(cpu), f & CF != 0);
+    let (old_al, old_cf) = (read_al(cpu), f & CF != 0);
     let mut v = old_al;
     let mut status = 0;
     if v & 0x0F > 9 || f & AF != 0 {
@@ -839,7 +839,7 @@ fn daa(cpu: &mut Cpu, _: &Insn) -> Result<()> {
 /// DAS: decimal-adjusts AL after a subtraction.
 fn das(cpu: &mut Cpu, _: &Insn) -> Result<()> {
     let f = cpu.flags.get();
-    let (old_al, old_cf) = (al(cpu), f & CF != 0);
+    let (old_al, old_cf) = (read_al(cpu), f & CF != 0);
     let mut v = old_al;
     let mut status = 0;
     if v & 0x0F > 9 || f & AF != 0 {
@@ -895,7 +895,7 @@ fn aam(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     if base == 0 {
         return Err(Fault::DE);
     }
-    let v = al(cpu);
+    let v = read_al(cpu);
     let (q, r) = (v / base, v % base);
     cpu.set_reg16(0, (q << 8 | r) as u16);
     cpu.flags.set_arith(Flags::szp(1, r));
@@ -944,4 +944,470 @@ fn salc(cpu: &mut Cpu, _: &Insn) -> Result<()> {
     let v = if cpu.flags.cf() { 0xFF } else { 0 };
     set_al(cpu, v);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use iced_x86::code_asm::*;
+
+    use super::*;
+    use crate::bus::NullBus;
+    use crate::cpu::SegCache;
+    use crate::memory::PhysMemory;
+
+    const CODE: u32 = 0x1000;
+    const DE_HANDLER: u32 = 0x2000;
+
+    /// Runs `build`'s 16-bit code (then HLT) at 0000:1000 in real mode,
+    /// after `setup`; #DE vectors to a HLT at 0000:2000.
+    fn run(
+        build: impl FnOnce(&mut CodeAssembler) -> std::result::Result<(), IcedError>,
+        setup: impl FnOnce(&mut Cpu),
+    ) -> Cpu {
+        let mut cpu = Cpu::new(PhysMemory::new(1 << 20).unwrap(), Box::new(NullBus));
+        cpu.set_seg_cache(Seg::CS, SegCache::real_mode(0));
+        cpu.set_gpr(reg::ESP, 0x8000);
+        cpu.write_phys_bytes(0, &DE_HANDLER.to_le_bytes());
+        cpu.write_phys_bytes(DE_HANDLER, &[0xF4]);
+        let mut a = CodeAssembler::new(16).unwrap();
+        build(&mut a).unwrap();
+        a.hlt().unwrap();
+        let code = a.assemble(CODE as u64).unwrap();
+        cpu.write_phys_bytes(CODE, &code);
+        cpu.set_eip(CODE);
+        setup(&mut cpu);
+        cpu.run(1000);
+        cpu
+    }
+
+    fn mem32(cpu: &mut Cpu, addr: u32) -> u32 {
+        let mut b = [0; 4];
+        cpu.read_phys_bytes(addr, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// Whether the CPU took #DE (the handler's HLT ran) with the faulting
+    /// instruction's IP pushed.
+    fn took_de(cpu: &mut Cpu) -> bool {
+        let pushed_ip = mem32(cpu, 0x8000 - 6) & 0xFFFF;
+        cpu.eip() == DE_HANDLER + 1 && pushed_ip == CODE
+    }
+
+    #[test]
+    fn adc_with_carry_in_wraps_all_ones_to_zero_with_carry() {
+        let cpu = run(
+            |a| {
+                a.stc()?;
+                a.adc(eax, 0)
+            },
+            |c| c.set_gpr(reg::EAX, 0xFFFF_FFFF),
+        );
+        assert_eq!(cpu.gpr(reg::EAX), 0);
+        assert_eq!(cpu.eflags() & (CF | ZF | OF), CF | ZF);
+    }
+
+    #[test]
+    fn sub_register_form_writes_only_the_destination_width() {
+        let cpu = run(
+            |a| a.sub(al, bl),
+            |c| {
+                c.set_gpr(reg::EAX, 0x1234_5600);
+                c.set_gpr(reg::EBX, 1);
+            },
+        );
+        assert_eq!(cpu.gpr(reg::EAX), 0x1234_56FF);
+        assert_eq!(cpu.eflags() & (CF | SF | AF), CF | SF | AF);
+    }
+
+    #[test]
+    fn neg_of_zero_clears_carry_and_of_nonzero_sets_it() {
+        let cpu = run(
+            |a| {
+                a.neg(eax)?;
+                a.setc(bl)?;
+                a.neg(ecx)
+            },
+            |c| c.set_gpr(reg::ECX, 5),
+        );
+        assert_eq!(cpu.gpr(reg::EBX) & 0xFF, 0);
+        assert_eq!(cpu.gpr(reg::ECX), (-5i32) as u32);
+        assert_eq!(cpu.eflags() & CF, CF);
+    }
+
+    #[test]
+    fn inc_keeps_carry_and_overflows_at_the_sign_boundary() {
+        let cpu = run(
+            |a| {
+                a.stc()?;
+                a.inc(word_ptr(0x500))
+            },
+            |c| c.write_phys_bytes(0x500, &0x7FFFu16.to_le_bytes()),
+        );
+        let mut cpu = cpu;
+        assert_eq!(mem32(&mut cpu, 0x500) & 0xFFFF, 0x8000);
+        assert_eq!(cpu.eflags() & (CF | OF | SF), CF | OF | SF);
+    }
+
+    #[test]
+    fn mul_32_sets_carry_and_overflow_when_the_high_half_is_used() {
+        let cpu = run(
+            |a| a.mul(ecx),
+            |c| {
+                c.set_gpr(reg::EAX, 0x8000_0000);
+                c.set_gpr(reg::ECX, 4);
+            },
+        );
+        assert_eq!((cpu.gpr(reg::EDX), cpu.gpr(reg::EAX)), (2, 0));
+        assert_eq!(cpu.eflags() & (CF | OF), CF | OF);
+    }
+
+    #[test]
+    fn imul_two_operand_flags_truncation_only() {
+        let cpu = run(
+            |a| {
+                a.imul_2(eax, ecx)?;
+                a.setc(bl)?;
+                a.imul_3(edx, ecx, 0x10000)
+            },
+            |c| {
+                c.set_gpr(reg::EAX, (-3i32) as u32);
+                c.set_gpr(reg::ECX, 0x10000);
+            },
+        );
+        assert_eq!(cpu.gpr(reg::EAX), (-0x30000i32) as u32);
+        assert_eq!(cpu.gpr(reg::EBX) & 0xFF, 0, "-3 * 65536 fits");
+        assert_eq!(cpu.gpr(reg::EDX), 0);
+        assert_eq!(cpu.eflags() & (CF | OF), CF | OF, "2^32 does not fit");
+    }
+
+    #[test]
+    fn imul_8_sign_extends_into_ah() {
+        let cpu = run(
+            |a| a.imul(bl),
+            |c| {
+                c.set_gpr(reg::EAX, 0xFF); // -1
+                c.set_gpr(reg::EBX, 0x02);
+            },
+        );
+        assert_eq!(cpu.gpr(reg::EAX) & 0xFFFF, 0xFFFE);
+        assert_eq!(cpu.eflags() & (CF | OF), 0);
+    }
+
+    #[test]
+    fn div_by_zero_raises_de_at_the_instruction() {
+        let mut cpu = run(|a| a.div(ecx), |c| c.set_gpr(reg::EAX, 7));
+        assert!(took_de(&mut cpu));
+        assert_eq!(cpu.gpr(reg::EAX), 7, "no register changes");
+    }
+
+    #[test]
+    fn div_quotient_overflow_raises_de() {
+        let mut cpu = run(
+            |a| a.div(cl),
+            |c| {
+                c.set_gpr(reg::EAX, 0x0200);
+                c.set_gpr(reg::ECX, 2);
+            },
+        );
+        assert!(took_de(&mut cpu));
+    }
+
+    #[test]
+    fn div_32_divides_the_64_bit_edx_eax() {
+        let cpu = run(
+            |a| a.div(ecx),
+            |c| {
+                c.set_gpr(reg::EDX, 1);
+                c.set_gpr(reg::EAX, 5);
+                c.set_gpr(reg::ECX, 0x10);
+            },
+        );
+        assert_eq!(cpu.gpr(reg::EAX), 0x1000_0000);
+        assert_eq!(cpu.gpr(reg::EDX), 5);
+    }
+
+    #[test]
+    fn idiv_of_the_most_negative_dividend_by_minus_one_raises_de() {
+        let mut cpu = run(
+            |a| a.idiv(ecx),
+            |c| {
+                c.set_gpr(reg::EDX, 0x8000_0000);
+                c.set_gpr(reg::EAX, 0);
+                c.set_gpr(reg::ECX, u32::MAX);
+            },
+        );
+        assert!(took_de(&mut cpu));
+    }
+
+    #[test]
+    fn idiv_truncates_toward_zero_and_accepts_the_most_negative_quotient() {
+        let cpu = run(
+            |a| {
+                a.idiv(cx)?;
+                a.mov(si, ax)?;
+                a.mov(di, dx)?;
+                a.mov(ax, -256i32)?;
+                a.cwd()?;
+                a.mov(bl, 2)?;
+                a.idiv(bl)
+            },
+            |c| {
+                c.set_gpr(reg::EDX, 0xFFFF);
+                c.set_gpr(reg::EAX, (-7i16) as u16 as u32);
+                c.set_gpr(reg::ECX, 2);
+            },
+        );
+        assert_eq!(cpu.gpr(reg::ESI) & 0xFFFF, (-3i16) as u16 as u32);
+        assert_eq!(cpu.gpr(reg::EDI) & 0xFFFF, 0xFFFF, "remainder -1");
+        assert_eq!(cpu.gpr(reg::EAX) & 0xFFFF, 0x0080, "-128 fits in AL");
+    }
+
+    #[test]
+    fn shift_count_is_masked_to_five_bits_and_zero_changes_no_flags() {
+        let cpu = run(
+            |a| {
+                a.stc()?;
+                a.shl(eax, cl)
+            },
+            |c| {
+                c.set_gpr(reg::EAX, 0x1234);
+                c.set_gpr(reg::ECX, 32);
+            },
+        );
+        assert_eq!(cpu.gpr(reg::EAX), 0x1234);
+        assert_eq!(cpu.eflags() & CF, CF);
+    }
+
+    #[test]
+    fn shl_8_by_more_than_the_width_clears_the_operand() {
+        let cpu = run(
+            |a| a.shl(al, cl),
+            |c| {
+                c.set_gpr(reg::EAX, 0xFF);
+                c.set_gpr(reg::ECX, 9);
+            },
+        );
+        assert_eq!(cpu.gpr(reg::EAX), 0);
+        assert_eq!(cpu.eflags() & (CF | ZF), ZF);
+    }
+
+    #[test]
+    fn sar_fills_with_the_sign_and_shifts_out_the_last_bit() {
+        let cpu = run(|a| a.sar(eax, 4), |c| c.set_gpr(reg::EAX, 0x8000_0018));
+        assert_eq!(cpu.gpr(reg::EAX), 0xF800_0001);
+        assert_eq!(cpu.eflags() & (CF | OF | SF), CF | SF);
+    }
+
+    #[test]
+    fn rcl_32_by_one_moves_carry_in_and_sets_overflow() {
+        let cpu = run(|a| a.rcl(eax, 1), |c| c.set_gpr(reg::EAX, 0x8000_0000));
+        assert_eq!(cpu.gpr(reg::EAX), 0);
+        assert_eq!(cpu.eflags() & (CF | OF), CF | OF);
+    }
+
+    #[test]
+    fn rcr_16_counts_modulo_17() {
+        let cpu = run(
+            |a| {
+                a.stc()?;
+                a.rcr(ax, cl)?;
+                a.mov(bx, ax)?;
+                a.mov(cl, 18)?;
+                a.rcr(ax, cl)
+            },
+            |c| {
+                c.set_gpr(reg::EAX, 0x0002);
+                c.set_gpr(reg::ECX, 17);
+            },
+        );
+        assert_eq!(cpu.gpr(reg::EBX) & 0xFFFF, 0x0002, "17 is a full turn");
+        assert_eq!(cpu.gpr(reg::EAX) & 0xFFFF, 0x8001, "18 is one step");
+        assert_eq!(cpu.eflags() & CF, 0);
+    }
+
+    #[test]
+    fn rol_8_by_a_multiple_of_eight_still_sets_carry() {
+        let cpu = run(|a| a.rol(al, 8), |c| c.set_gpr(reg::EAX, 0x81));
+        assert_eq!(cpu.gpr(reg::EAX), 0x81);
+        assert_eq!(cpu.eflags() & CF, CF);
+    }
+
+    #[test]
+    fn shld_and_shrd_32_fill_from_the_source() {
+        let cpu = run(
+            |a| {
+                a.shld(eax, ebx, 8)?;
+                a.shrd(edx, ebx, cl)
+            },
+            |c| {
+                c.set_gpr(reg::EAX, 0x1234_5678);
+                c.set_gpr(reg::EBX, 0x9ABC_DEF0);
+                c.set_gpr(reg::ECX, 36);
+                c.set_gpr(reg::EDX, 0x0000_0018);
+            },
+        );
+        assert_eq!(cpu.gpr(reg::EAX), 0x3456_789A);
+        assert_eq!(cpu.gpr(reg::EDX), 0x0000_0001);
+        assert_eq!(cpu.eflags() & CF, CF, "bit 3 of EDX went out last");
+    }
+
+    #[test]
+    fn shld_16_by_sixteen_yields_the_source() {
+        let cpu = run(
+            |a| a.shld(ax, bx, 16),
+            |c| {
+                c.set_gpr(reg::EAX, 0x1111);
+                c.set_gpr(reg::EBX, 0xABCD);
+            },
+        );
+        assert_eq!(cpu.gpr(reg::EAX) & 0xFFFF, 0xABCD);
+    }
+
+    #[test]
+    fn bt_register_offset_addresses_the_bit_string_around_the_operand() {
+        let mut cpu = run(
+            |a| {
+                a.bts(dword_ptr(bx), eax)?;
+                a.btr(word_ptr(bx), cx)?;
+                a.setc(dl)
+            },
+            |c| {
+                c.set_gpr(reg::EBX, 0x504);
+                c.set_gpr(reg::EAX, u32::MAX); // bit -1: bit 31 of the dword before
+                c.set_gpr(reg::ECX, 35); // bit 3 of the word at +4
+                c.write_phys_bytes(0x508, &[0x08]);
+            },
+        );
+        assert_eq!(mem32(&mut cpu, 0x500), 0x8000_0000);
+        assert_eq!(mem32(&mut cpu, 0x508), 0);
+        assert_eq!(cpu.gpr(reg::EDX) & 0xFF, 1);
+    }
+
+    #[test]
+    fn bt_immediate_offset_stays_within_the_operand() {
+        let cpu = run(|a| a.btc(ax, 17), |c| c.set_gpr(reg::EAX, 0x0002));
+        assert_eq!(cpu.gpr(reg::EAX) & 0xFFFF, 0);
+        assert_eq!(cpu.eflags() & CF, CF);
+    }
+
+    #[test]
+    fn bsf_of_zero_sets_zf_and_keeps_the_destination() {
+        let cpu = run(
+            |a| {
+                a.bsf(ecx, eax)?;
+                a.setz(bl)?;
+                a.bsr(edx, esi)
+            },
+            |c| {
+                c.set_gpr(reg::ECX, 0x1234);
+                c.set_gpr(reg::ESI, 0x00F0);
+            },
+        );
+        assert_eq!(cpu.gpr(reg::ECX), 0x1234);
+        assert_eq!(cpu.gpr(reg::EBX) & 0xFF, 1);
+        assert_eq!(cpu.gpr(reg::EDX), 7);
+        assert_eq!(cpu.eflags() & ZF, 0);
+    }
+
+    #[test]
+    fn cmpxchg_stores_on_equal_and_loads_the_accumulator_otherwise() {
+        let mut cpu = run(
+            |a| {
+                a.cmpxchg(dword_ptr(0x500), ecx)?;
+                a.setz(bl)?;
+                a.cmpxchg(dword_ptr(0x500), edx)
+            },
+            |c| {
+                c.set_gpr(reg::EAX, 5);
+                c.set_gpr(reg::ECX, 9);
+                c.set_gpr(reg::EDX, 11);
+                c.write_phys_bytes(0x500, &5u32.to_le_bytes());
+            },
+        );
+        assert_eq!(cpu.gpr(reg::EBX) & 0xFF, 1);
+        assert_eq!(mem32(&mut cpu, 0x500), 9);
+        assert_eq!(cpu.gpr(reg::EAX), 9, "second compare failed and loaded EAX");
+        assert_eq!(cpu.eflags() & ZF, 0);
+    }
+
+    #[test]
+    fn cmpxchg8b_swaps_on_equal_and_loads_edx_eax_otherwise() {
+        let mut cpu = run(
+            |a| {
+                a.cmpxchg8b(qword_ptr(0x500))?;
+                a.setz(dh)?;
+                a.mov(esi, 0)?;
+                a.cmpxchg8b(qword_ptr(0x500))
+            },
+            |c| {
+                c.set_gpr(reg::EDX, 2);
+                c.set_gpr(reg::EAX, 1);
+                c.set_gpr(reg::ECX, 4);
+                c.set_gpr(reg::EBX, 3);
+                c.write_phys_bytes(0x500, &0x2_0000_0001u64.to_le_bytes());
+            },
+        );
+        assert_eq!(mem32(&mut cpu, 0x500), 3);
+        assert_eq!(mem32(&mut cpu, 0x504), 4);
+        assert_eq!((cpu.gpr(reg::EDX), cpu.gpr(reg::EAX)), (4, 3));
+        assert_eq!(cpu.eflags() & ZF, 0);
+    }
+
+    #[test]
+    fn xadd_exchanges_then_adds() {
+        let mut cpu = run(
+            |a| {
+                a.xadd(dword_ptr(0x500), ecx)?;
+                a.xadd(eax, eax)
+            },
+            |c| {
+                c.set_gpr(reg::EAX, 21);
+                c.set_gpr(reg::ECX, 2);
+                c.write_phys_bytes(0x500, &40u32.to_le_bytes());
+            },
+        );
+        assert_eq!(mem32(&mut cpu, 0x500), 42);
+        assert_eq!(cpu.gpr(reg::ECX), 40);
+        assert_eq!(cpu.gpr(reg::EAX), 42);
+    }
+
+    #[test]
+    fn daa_adjusts_a_packed_bcd_sum() {
+        let cpu = run(
+            |a| {
+                a.add(al, 0x28)?;
+                a.daa()
+            },
+            |c| c.set_gpr(reg::EAX, 0x19),
+        );
+        assert_eq!(cpu.gpr(reg::EAX) & 0xFF, 0x47);
+        assert_eq!(cpu.eflags() & (CF | AF), AF);
+    }
+
+    #[test]
+    fn aam_by_zero_raises_de() {
+        let mut cpu = run(|a| a.db(&[0xD4, 0x00]), |_| {});
+        assert!(took_de(&mut cpu));
+    }
+
+    #[test]
+    fn aad_folds_ah_into_al() {
+        let cpu = run(|a| a.aad(10), |c| c.set_gpr(reg::EAX, 0x0407));
+        assert_eq!(cpu.gpr(reg::EAX) & 0xFFFF, 47);
+    }
+
+    #[test]
+    fn sign_extensions_and_salc() {
+        let cpu = run(
+            |a| {
+                a.cwde()?;
+                a.cdq()?;
+                a.stc()?;
+                a.db(&[0xD6]) // SALC
+            },
+            |c| c.set_gpr(reg::EAX, 0x8000),
+        );
+        assert_eq!(cpu.gpr(reg::EAX), 0xFFFF_80FF);
+        assert_eq!(cpu.gpr(reg::EDX), 0xFFFF_FFFF);
+    }
 }
