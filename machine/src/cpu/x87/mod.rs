@@ -1,5 +1,7 @@
 //! The x87 FPU (being written).
 
+mod softfloat;
+
 use iced_x86::Instruction;
 
 use super::exec::Handler;
