@@ -101,7 +101,7 @@ impl Env {
     }
 
     #[inline]
-    fn raise(&mut self, f: u8) {
+    pub fn raise(&mut self, f: u8) {
         self.flags |= f;
     }
 
@@ -228,7 +228,7 @@ impl F80 {
     }
 
     /// Unpacks a finite nonzero value: (sign, unbiased exponent, normalized significand).
-    fn unpack(self) -> (bool, i32, u64) {
+    pub(super) fn unpack(self) -> (bool, i32, u64) {
         if self.exp() == 0 {
             let lz = self.sig.leading_zeros() as i32;
             (self.sign(), 1 - BIAS - lz, self.sig << lz)
@@ -398,7 +398,7 @@ fn round_pack64(env: &mut Env, sign: bool, e: i32, m: u128) -> F80 {
 // ---- NaN handling ----
 
 /// The result of an operation with NaN or unsupported operands, if any.
-fn nan2(env: &mut Env, a: F80, b: F80) -> Option<F80> {
+pub(super) fn nan2(env: &mut Env, a: F80, b: F80) -> Option<F80> {
     if a.is_unsupported() || b.is_unsupported() {
         env.raise(IE);
         return Some(F80::INDEFINITE);
@@ -432,7 +432,7 @@ fn nan2(env: &mut Env, a: F80, b: F80) -> Option<F80> {
 }
 
 /// The result of a one-operand operation on a NaN or unsupported value.
-fn nan1(env: &mut Env, a: F80) -> Option<F80> {
+pub(super) fn nan1(env: &mut Env, a: F80) -> Option<F80> {
     if a.is_unsupported() {
         env.raise(IE);
         return Some(F80::INDEFINITE);
@@ -446,12 +446,12 @@ fn nan1(env: &mut Env, a: F80) -> Option<F80> {
     None
 }
 
-fn invalid(env: &mut Env) -> F80 {
+pub(super) fn invalid(env: &mut Env) -> F80 {
     env.raise(IE);
     F80::INDEFINITE
 }
 
-fn denormal_check(env: &mut Env, x: F80) {
+pub(super) fn denormal_check(env: &mut Env, x: F80) {
     if x.is_denormal() {
         env.raise(DE);
     }
@@ -768,7 +768,6 @@ pub fn to_int(env: &mut Env, a: F80, bits: u32) -> i64 {
     if a.is_zero() {
         return 0;
     }
-    denormal_check(env, a);
     let (s, e, m) = a.unpack();
     if e >= 64 {
         env.raise(IE);
@@ -869,7 +868,6 @@ fn to_binary(env: &mut Env, a: F80, fmt: Format, exp_bits: u32) -> u64 {
     if a.is_zero() {
         return sign_bit;
     }
-    denormal_check(env, a);
     let (s, e, m) = a.unpack();
     let wrap = env.wrap;
     env.wrap = false;
@@ -917,7 +915,6 @@ pub fn to_bcd(env: &mut Env, a: F80) -> [u8; 10] {
     if a.is_zero() {
         return out;
     }
-    denormal_check(env, a);
     let (s, e, m) = a.unpack();
     if e >= 60 {
         env.raise(IE);
@@ -1101,30 +1098,6 @@ pub fn to_host(a: F80) -> f64 {
 pub fn from_host(v: f64) -> F80 {
     let mut env = Env::new();
     from_f64(&mut env, v.to_bits())
-}
-
-/// Splits a finite nonzero value into (sign, unbiased exponent, significand in [1, 2) as f64).
-pub fn split_host(a: F80) -> (bool, i32, f64) {
-    let (s, e, m) = a.unpack();
-    (s, e, m as f64 / (INT_BIT as f64))
-}
-
-/// Multiplies by a power of two with rounding to 64 bits (no PC), used to
-/// rebuild transcendental results outside binary64's range.
-pub fn scale_pow2(env: &mut Env, a: F80, n: i32) -> F80 {
-    if a.is_zero() || !a.is_finite_ok() {
-        return a;
-    }
-    let (s, e, m) = a.unpack();
-    round_pack64(env, s, e + n, (m as u128) << 64)
-}
-
-/// Rounds a finite extended value to the precision control.
-pub fn round_prec(env: &mut Env, a: F80) -> F80 {
-    if a.is_zero() || !a.is_finite_ok() {
-        return a;
-    }
-    round_value(env, a)
 }
 
 #[cfg(test)]
@@ -1358,9 +1331,9 @@ mod tests {
         assert_eq!(e.flags, IE);
         let mut e = Env::new();
         assert_eq!(to_int(&mut e, x(-32768.0), 16), -32768);
-        assert_eq!(to_int(&mut e, x(-9.223372036854775808e18), 64), i64::MIN);
+        assert_eq!(to_int(&mut e, x(-(2f64.powi(63))), 64), i64::MIN);
         assert_eq!(e.flags, 0);
-        assert_eq!(from_i64(i64::MIN), x(-9.223372036854775808e18));
+        assert_eq!(from_i64(i64::MIN), x(-(2f64.powi(63))));
         assert_eq!(from_i64(-5), x(-5.0));
         assert_eq!(from_i64(0), F80::ZERO);
     }
