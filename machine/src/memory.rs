@@ -6,7 +6,11 @@
 //! MMIO, which the CPU hands to its [`Bus`](crate::Bus). The map is consulted
 //! only when the software TLB is filled, so its cost is off the hot path.
 
+use std::os::fd::BorrowedFd;
+
 use thiserror::Error;
+
+use crate::backing::{Backing, BackingError};
 
 pub const PAGE_SIZE: u32 = 4096;
 
@@ -21,7 +25,7 @@ pub enum Region {
     Mmio,
 }
 
-#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error)]
 pub enum MemoryError {
     #[error("RAM size {0:#x} bytes is not a non-zero multiple of 4 KiB below 3.5 GiB")]
     BadRamSize(u64),
@@ -31,6 +35,12 @@ pub enum MemoryError {
     BadRom { base: u32, len: usize },
     #[error("region {base:#x}+{len:#x} overlaps an earlier region")]
     Overlap { base: u32, len: u32 },
+    #[error(
+        "buffer of {len:#x} bytes at {base:#x} is empty, not 4 KiB-aligned, or runs past 4 GiB"
+    )]
+    BadBuffer { base: u32, len: u64 },
+    #[error(transparent)]
+    Host(#[from] BackingError),
 }
 
 #[derive(Clone, Debug)]
@@ -45,12 +55,15 @@ struct Overlay {
 enum OverlayKind {
     /// A ROM image whose first byte is at this backing offset.
     Rom(u32),
+    /// Memory the caller supplied (a framebuffer), writable like RAM,
+    /// whose first byte is at this backing offset.
+    Buffer(u32),
     Mmio,
 }
 
 /// Guest physical memory.
 pub struct PhysMemory {
-    pub(crate) backing: Vec<u8>,
+    pub(crate) backing: Backing,
     ram_size: u32,
     overlays: Vec<Overlay>,
     /// Physical address mask applied by the A20 gate (bit 20 clear when the gate is off).
@@ -66,8 +79,10 @@ impl PhysMemory {
         if ram_size == 0 || !ram_size.is_multiple_of(PAGE_SIZE as u64) || ram_size > MAX_RAM {
             return Err(MemoryError::BadRamSize(ram_size));
         }
+        let mut backing = Backing::new()?;
+        backing.grow(ram_size as usize)?;
         Ok(Self {
-            backing: vec![0; ram_size as usize],
+            backing,
             ram_size: ram_size as u32,
             overlays: Vec::new(),
             a20_mask: u32::MAX,
@@ -94,9 +109,10 @@ impl PhysMemory {
             len: image.len(),
         })?;
         self.check_free(base, last)?;
-        let off = self.backing.len() as u32;
-        self.backing.extend_from_slice(image);
-        self.backing.resize(off as usize + len as usize, 0xFF);
+        let off = self.backing.grow(len as usize)?;
+        self.backing[off..off + len as usize].fill(0xFF);
+        self.backing[off..off + image.len()].copy_from_slice(image);
+        let off = off as u32;
         self.overlays.push(Overlay {
             start: base,
             last,
@@ -137,12 +153,66 @@ impl PhysMemory {
         Ok(())
     }
 
+    /// Maps guest-physical `[base, base+len)` to memory private to this
+    /// machine that behaves like RAM (a framebuffer nobody else reads).
+    /// Returns its backing offset.
+    pub fn add_buffer(&mut self, base: u32, len: u64) -> Result<u32, MemoryError> {
+        let last = self.buffer_range(base, len)?;
+        let off = self.backing.grow(len as usize)? as u32;
+        self.push_buffer(base, last, off);
+        Ok(off)
+    }
+
+    /// Maps guest-physical `[base, base+len)` to `len` bytes of `fd` from
+    /// `fd_offset`, shared: guest stores land in the file (the worker's
+    /// framebuffer memfd) with no copy. Returns its backing offset.
+    pub fn add_shared_buffer(
+        &mut self,
+        base: u32,
+        len: u64,
+        fd: BorrowedFd<'_>,
+        fd_offset: u64,
+    ) -> Result<u32, MemoryError> {
+        let last = self.buffer_range(base, len)?;
+        let off = self.backing.map_shared(fd, fd_offset, len as usize)? as u32;
+        self.push_buffer(base, last, off);
+        Ok(off)
+    }
+
+    fn buffer_range(&self, base: u32, len: u64) -> Result<u32, MemoryError> {
+        let bad = MemoryError::BadBuffer { base, len };
+        if len == 0 || !base.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE as u64) {
+            return Err(bad);
+        }
+        let last = u32::try_from(base as u64 + len - 1).map_err(|_| bad)?;
+        self.check_free(base, last)?;
+        Ok(last)
+    }
+
+    fn push_buffer(&mut self, start: u32, last: u32, off: u32) {
+        self.overlays.push(Overlay {
+            start,
+            last,
+            kind: OverlayKind::Buffer(off),
+        });
+    }
+
+    /// The bytes of a region added with `add_buffer`/`add_shared_buffer`
+    /// (or any RAM range), for the platform to read a framebuffer.
+    pub fn bytes(&self, base: u32, len: u32) -> Option<&[u8]> {
+        let off = match self.region(base) {
+            Region::Ram(o) | Region::Rom(o) => o as usize,
+            Region::Mmio => return None,
+        };
+        self.backing.get(off..off.checked_add(len as usize)?)
+    }
+
     /// Declares `[base, base+len)` device memory (hiding RAM there).
     pub fn add_mmio(&mut self, base: u32, len: u32) -> Result<(), MemoryError> {
-        let bad = MemoryError::Overlap { base, len };
+        let bad = || MemoryError::Overlap { base, len };
         let last = base
-            .checked_add(len.checked_sub(1).ok_or(bad.clone())?)
-            .ok_or(bad)?;
+            .checked_add(len.checked_sub(1).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
         self.check_free(base, last)?;
         self.overlays.push(Overlay {
             start: base,
@@ -173,6 +243,7 @@ impl PhysMemory {
             if o.start <= addr && addr <= o.last {
                 return match o.kind {
                     OverlayKind::Rom(off) => Region::Rom(off + (addr - o.start)),
+                    OverlayKind::Buffer(off) => Region::Ram(off + (addr - o.start)),
                     OverlayKind::Mmio => Region::Mmio,
                 };
             }
@@ -201,6 +272,19 @@ impl PhysMemory {
     /// must go through the CPU (`Cpu::write_phys`) so cached code is dropped.
     pub fn ram(&self) -> &[u8] {
         &self.backing[..self.ram_size as usize]
+    }
+
+    /// Copies `bytes` into guest RAM at physical `addr` (loaders, before the
+    /// CPU runs: no cached code to invalidate). False if it does not fit in RAM.
+    pub fn load(&mut self, addr: u32, bytes: &[u8]) -> bool {
+        let Some(end) = (addr as usize).checked_add(bytes.len()) else {
+            return false;
+        };
+        if end > self.ram_size as usize {
+            return false;
+        }
+        self.backing[addr as usize..end].copy_from_slice(bytes);
+        true
     }
 
     /// The backing bytes of the whole backing store (RAM, then ROMs).

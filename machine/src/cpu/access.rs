@@ -120,7 +120,7 @@ impl Cpu {
         let user = self.cpl == 3;
         if (lin & 0xFFF) > 0xFF8 {
             self.translate(lin, false, user)?;
-            self.translate(lin.wrapping_add(7), false, user)?;
+            self.translate(lin.wrapping_add(7) & !0xFFF, false, user)?;
         }
         let lo = self.read_lin_u32(lin, user)? as u64;
         let hi = self.read_lin_u32(lin.wrapping_add(4), user)? as u64;
@@ -142,7 +142,7 @@ impl Cpu {
         self.translate(lin, true, user)?;
         let last = lin.wrapping_add(len - 1);
         if last & !0xFFF != lin & !0xFFF {
-            self.translate(last, true, user)?;
+            self.translate(last & !0xFFF, true, user)?;
         }
         Ok(())
     }

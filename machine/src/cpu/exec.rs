@@ -172,6 +172,10 @@ impl CodeCache {
             self.clear();
         }
         let page = (key as u32) >> 12;
+        if self.code_bits.len() <= page as usize / 64 {
+            // Memory was added after the CPU was built.
+            self.code_bits.resize(page as usize / 64 + 1, 0);
+        }
         let word = &mut self.code_bits[page as usize / 64];
         let first = *word & (1 << (page % 64)) == 0;
         *word |= 1 << (page % 64);
@@ -350,6 +354,7 @@ fn select_handler(i: &Instruction) -> Handler {
         .or_else(|| super::string::handler(i))
         .or_else(|| super::branch::handler(i))
         .or_else(|| super::far::handler(i))
+        .or_else(|| super::segment::handler(i))
         .or_else(|| super::system::handler(i))
         .or_else(|| super::interrupt::handler(i))
         .or_else(|| super::x87::handler(i))
@@ -398,10 +403,10 @@ impl Cpu {
                 return RunExit::Shutdown(r);
             }
             let sig = self.signals.load();
-            if sig != 0 || self.halted || self.flags.test(flags::TF) {
-                if let Some(exit) = self.service_signals(sig) {
-                    return exit;
-                }
+            if (sig != 0 || self.halted || self.flags.test(flags::TF))
+                && let Some(exit) = self.service_signals(sig)
+            {
+                return exit;
             }
             if self.icount >= end {
                 return RunExit::BudgetExhausted;
@@ -450,11 +455,12 @@ impl Cpu {
                 self.halted = false;
                 self.sys.nmi_blocked = true;
                 self.deliver_external(super::vector::NMI);
-            } else if sig & Signals::INTR != 0 && self.flags.test(flags::IF) {
-                if let Some(v) = self.bus.interrupt_ack() {
-                    self.halted = false;
-                    self.deliver_external(v);
-                }
+            } else if sig & Signals::INTR != 0
+                && self.flags.test(flags::IF)
+                && let Some(v) = self.bus.interrupt_ack()
+            {
+                self.halted = false;
+                self.deliver_external(v);
             }
         }
         if self.halted {

@@ -39,7 +39,7 @@ pub use exec::{RunExit, TraceHook};
 pub use fault::{Fault, vector};
 pub(crate) use flags::Flags;
 pub use segment::SegCache;
-pub use system::CpuidInfo;
+pub use system::{CpuidInfo, TscSource, cpuid_edx, msr};
 
 /// General-purpose register numbers, in x86 encoding order.
 pub mod reg {
@@ -241,6 +241,7 @@ impl Cpu {
         self.code32 = false;
         self.stack32 = false;
         self.sys.reset();
+        self.set_tsc(0);
         self.fpu = x87::Fpu::default();
         self.halted = false;
         self.irq_shadow = false;
@@ -255,6 +256,12 @@ impl Cpu {
     /// The signal lines devices and other threads use to reach this CPU.
     pub fn signals(&self) -> Signals {
         self.signals.clone()
+    }
+
+    /// Replaces the signal word (a platform that built its devices first
+    /// hands them the word, then the CPU).
+    pub fn set_signals(&mut self, signals: Signals) {
+        self.signals = signals;
     }
 
     /// Instructions retired since power-on.

@@ -27,6 +27,8 @@ pub(crate) struct TlbEntry {
     /// the page gets cached code.
     pub ppage: u32,
     pub global: bool,
+    /// Filled from a 4 MiB page: INVLPG anywhere in it drops this entry.
+    pub large: bool,
 }
 
 const EMPTY: TlbEntry = TlbEntry {
@@ -35,6 +37,7 @@ const EMPTY: TlbEntry = TlbEntry {
     addend: 0,
     ppage: 0,
     global: false,
+    large: false,
 };
 
 pub(crate) struct Tlb {
@@ -42,6 +45,8 @@ pub(crate) struct Tlb {
     pub sets: Box<[[TlbEntry; TLB_SIZE]; 2]>,
     /// Indices filled since the last flush, so flushes touch only those.
     used: Vec<(u8, u16)>,
+    /// Some entry filled since the last full flush came from a 4 MiB page.
+    has_large: bool,
 }
 
 #[inline(always)]
@@ -54,6 +59,7 @@ impl Tlb {
         Tlb {
             sets: Box::new([[EMPTY; TLB_SIZE]; 2]),
             used: Vec::with_capacity(256),
+            has_large: false,
         }
     }
 
@@ -62,6 +68,7 @@ impl Tlb {
             self.sets[s as usize][i as usize] = EMPTY;
         }
         self.used.clear();
+        self.has_large = false;
     }
 
     /// A CR3 load: everything but global pages.
@@ -78,7 +85,9 @@ impl Tlb {
         });
     }
 
-    /// INVLPG: the entry for `lin` in both sets, global or not.
+    /// INVLPG: the entry for `lin` in both sets, global or not; when
+    /// 4 MiB pages are cached, every entry of the 4 MiB page holding `lin`
+    /// (the TLB caches large pages in 4 KiB pieces).
     pub fn flush_page(&mut self, lin: u32) {
         let page = lin & !0xFFF;
         let i = tlb_index(lin);
@@ -86,6 +95,14 @@ impl Tlb {
             let e = &mut set[i];
             if e.rtag == page || e.wtag == page {
                 *e = EMPTY;
+            }
+        }
+        if self.has_large {
+            for &(s, i) in &self.used {
+                let e = &mut self.sets[s as usize][i as usize];
+                if e.large && e.rtag >> 22 == lin >> 22 {
+                    *e = EMPTY;
+                }
             }
         }
     }
@@ -106,6 +123,7 @@ impl Tlb {
             // Many refills of the same slots: compact the list by a full flush.
             self.flush_all();
         }
+        self.has_large |= e.large;
         self.sets[user as usize][i] = e;
         self.used.push((user as u8, i as u16));
     }
@@ -119,6 +137,8 @@ pub(crate) struct Translation {
     /// a dirty bit.
     pub write_direct: bool,
     pub global: bool,
+    /// Mapped by a 4 MiB page.
+    pub large: bool,
 }
 
 const PTE_P: u32 = 1;
@@ -144,9 +164,10 @@ impl Cpu {
                 phys: lin & a20,
                 write_direct: true,
                 global: false,
+                large: false,
             });
         }
-        let err = (write as u32) * pf::WRITE | (user as u32) * pf::USER;
+        let err = ((write as u32) * pf::WRITE) | ((user as u32) * pf::USER);
         let fault = |cpu: &mut Cpu, code: u32| {
             cpu.cr2 = lin;
             Err(Fault::pf(code))
@@ -175,6 +196,7 @@ impl Cpu {
                 phys,
                 write_direct: can_write && new & PTE_D != 0,
                 global: pde & PTE_G != 0 && self.cr4 & cr4::PGE != 0,
+                large: true,
             });
         }
         let pte_addr = ((pde & !0xFFF) | ((lin >> 10) & 0xFFC)) & a20;
@@ -201,6 +223,7 @@ impl Cpu {
             phys: ((pte & !0xFFF) | (lin & 0xFFF)) & a20,
             write_direct: access_allowed(u, w, true, user, wp) && new & PTE_D != 0,
             global: pte & PTE_G != 0 && self.cr4 & cr4::PGE != 0,
+            large: false,
         })
     }
 
@@ -219,6 +242,7 @@ impl Cpu {
             addend: off.wrapping_sub(page),
             ppage: off & !0xFFF,
             global: t.global,
+            large: t.large,
         };
         self.tlb.insert(user, lin, entry);
         Ok(t.phys)

@@ -3,7 +3,37 @@
 //! [`IrqLine`], an output `Write`, a [`Clock`]). The platform maps devices
 //! into the port and MMIO buses; no device knows about the CPU, threads or IPC.
 
+mod i8042;
+mod lapic;
+mod pci;
+mod piix;
+mod ps2;
+
+pub use i8042::{I8042, I8042Effects, I8042State, SystemControlA};
+pub use lapic::{
+    Ack, BUS_HZ as LAPIC_BUS_HZ, DEFAULT_BASE as LAPIC_DEFAULT_BASE, InterruptKind, Lapic,
+    LapicState, MMIO_SIZE as LAPIC_MMIO_SIZE, lvt as lapic_lvt, regs as lapic_regs,
+};
+pub use pci::{Bar, ConfigSpace, HostEffect, PciDevices, PciFunction, PciHost, reg as pci_reg};
+pub use piix::{
+    HOST_BRIDGE_DEVFN, I440fx, ISA_DEVFN, PM_DEVFN, PM_TIMER_HZ, Piix, Piix3Isa, Piix4Pm,
+    Piix4PmState, PmEffect, pm1, pmio,
+};
+pub use ps2::{
+    Key, Ps2Keyboard, Ps2KeyboardState, Ps2Mouse, Ps2MouseState, buttons as mouse_buttons,
+};
+
 use std::time::Duration;
+
+mod cmos;
+mod pic8259;
+mod pit8254;
+mod uart16550;
+
+pub use cmos::{Cmos, CmosState};
+pub use pic8259::{ChipState as PicChipState, InitStep as PicInitStep, PicPair, PicState};
+pub use pit8254::{PIT_HZ, Pit8254, PitChannelState, PitState};
+pub use uart16550::{Uart16550, UartState};
 
 /// An interrupt request line driven by a device.
 pub trait IrqLine {

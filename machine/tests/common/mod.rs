@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod pm;
+
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -47,7 +49,8 @@ impl Guest {
     /// A machine whose CPU starts in real mode at 0000:`org` (CS base 0).
     pub fn real_mode(mib: u64, org: u32) -> Guest {
         let mut g = Guest::new(mib);
-        g.cpu.set_seg_cache(machine::Seg::CS, machine::SegCache::real_mode(0));
+        g.cpu
+            .set_seg_cache(machine::Seg::CS, machine::SegCache::real_mode(0));
         g.cpu.set_eip(org);
         g
     }

@@ -1,0 +1,208 @@
+//! The ACPI tables the machine generates for direct boot: RSDP, RSDT, FADT
+//! (revision 1, PIIX4-style PM registers), FACS, a DSDT whose AML defines
+//! `\_S5` (so `poweroff` works) and a MADT with the local APIC and its LINT1
+//! NMI. There is no I/O APIC: the 8259 pair reaches the CPU through LINT0 in
+//! virtual-wire mode (ARCHITECTURE.md says why). The fixed-feature power
+//! button (FADT flag PWR_BUTTON clear) signals the guest through PM1_STS.
+
+/// Where the PM registers (PM1a event, PM1a control, PM timer, GPE0) live in
+/// I/O space: PIIX4's PMBA as QEMU and SeaBIOS program it.
+pub const PM_BASE: u16 = 0x600;
+pub const PM1A_EVT: u16 = PM_BASE;
+pub const PM1A_CNT: u16 = PM_BASE + 4;
+pub const PM_TMR: u16 = PM_BASE + 8;
+pub const GPE0: u16 = PM_BASE + 0x0C;
+/// The SCI's ISA IRQ.
+pub const SCI_IRQ: u8 = 9;
+/// SLP_TYP value `\_S5` names (written to PM1a_CNT with SLP_EN to power off).
+pub const SLP_TYP_S5: u8 = 0;
+/// Bytes the tables take; the platform reserves this much at the top of RAM.
+pub const TABLES_SIZE: u32 = 0x1000;
+/// The local APIC's MMIO base.
+pub const LAPIC_BASE: u32 = 0xFEE0_0000;
+
+const OEM_ID: &[u8; 6] = b"BLKHD ";
+const OEM_TABLE_ID: &[u8; 8] = b"BULKHEAD";
+
+/// The tables, laid out to be copied to guest-physical `base`.
+pub struct Tables {
+    pub bytes: Vec<u8>,
+    /// Physical address of the RSDP (inside `bytes`).
+    pub rsdp: u32,
+    /// The 20-byte RSDP, for a second copy in the BIOS area.
+    pub rsdp_bytes: [u8; 20],
+}
+
+/// Builds the tables for placement at `base` (16-byte aligned).
+pub fn build(base: u32) -> Tables {
+    // Layout inside the blob.
+    const RSDP: u32 = 0x00;
+    const RSDT: u32 = 0x20;
+    const FADT: u32 = 0x60;
+    const FACS: u32 = 0x100;
+    const MADT: u32 = 0x140;
+    const DSDT: u32 = 0x200;
+    let mut b = vec![0u8; TABLES_SIZE as usize];
+
+    let dsdt = dsdt();
+    b[DSDT as usize..DSDT as usize + dsdt.len()].copy_from_slice(&dsdt);
+
+    // FACS: signature, length 64, version 0 (ACPI 1.0).
+    let facs = &mut b[FACS as usize..FACS as usize + 64];
+    facs[0..4].copy_from_slice(b"FACS");
+    facs[4..8].copy_from_slice(&64u32.to_le_bytes());
+
+    let mut fadt = header(b"FACP", 116, 1);
+    put32(&mut fadt, 36, base + FACS);
+    put32(&mut fadt, 40, base + DSDT);
+    fadt[45] = 0; // preferred PM profile: unspecified
+    put16(&mut fadt, 46, SCI_IRQ as u16);
+    put32(&mut fadt, 48, 0); // no SMI command port: ACPI mode is always on
+    put32(&mut fadt, 56, PM1A_EVT as u32);
+    put32(&mut fadt, 64, PM1A_CNT as u32);
+    put32(&mut fadt, 76, PM_TMR as u32);
+    put32(&mut fadt, 80, GPE0 as u32);
+    fadt[88] = 4; // PM1_EVT_LEN
+    fadt[89] = 2; // PM1_CNT_LEN
+    fadt[91] = 4; // PM_TMR_LEN
+    fadt[92] = 4; // GPE0_BLK_LEN
+    put16(&mut fadt, 96, 0x0FFF); // P_LVL2_LAT > 100: C2 not supported
+    put16(&mut fadt, 98, 0x0FFF); // P_LVL3_LAT > 1000: C3 not supported
+    fadt[108] = 0x32; // CENTURY: the RTC's century byte
+    // Flags: WBINVD works (0), C1 supported (2), power button is a fixed
+    // feature (bit 4 clear), no sleep button (5), RTC wake not needed.
+    put32(&mut fadt, 112, 1 << 0 | 1 << 2 | 1 << 5);
+    finish(&mut fadt);
+    b[FADT as usize..FADT as usize + fadt.len()].copy_from_slice(&fadt);
+
+    let mut madt = header(b"APIC", 44, 1);
+    put32(&mut madt, 36, LAPIC_BASE);
+    put32(&mut madt, 40, 1); // PCAT_COMPAT: dual 8259s present
+    // Processor local APIC: type 0, length 8, ACPI id 0, APIC id 0, enabled.
+    madt.extend_from_slice(&[0, 8, 0, 0, 1, 0, 0, 0]);
+    // Local APIC NMI: type 4, length 6, all processors, flags 0 (bus default), LINT1.
+    madt.extend_from_slice(&[4, 6, 0xFF, 0, 0, 1]);
+    let len = madt.len() as u32;
+    put32(&mut madt, 4, len);
+    finish(&mut madt);
+    b[MADT as usize..MADT as usize + madt.len()].copy_from_slice(&madt);
+
+    let mut rsdt = header(b"RSDT", 36 + 8, 1);
+    put32(&mut rsdt, 36, base + FADT);
+    put32(&mut rsdt, 40, base + MADT);
+    finish(&mut rsdt);
+    b[RSDT as usize..RSDT as usize + rsdt.len()].copy_from_slice(&rsdt);
+
+    let mut rsdp = [0u8; 20];
+    rsdp[0..8].copy_from_slice(b"RSD PTR ");
+    rsdp[9..15].copy_from_slice(OEM_ID);
+    rsdp[15] = 0; // revision 0: ACPI 1.0, RSDT only
+    put32(&mut rsdp, 16, base + RSDT);
+    rsdp[8] = checksum(&rsdp);
+    b[RSDP as usize..RSDP as usize + 20].copy_from_slice(&rsdp);
+
+    Tables {
+        bytes: b,
+        rsdp: base + RSDP,
+        rsdp_bytes: rsdp,
+    }
+}
+
+/// The DSDT: `Name (\_S5, Package () { SLP_TYP_S5, SLP_TYP_S5, 0, 0 })`.
+fn dsdt() -> Vec<u8> {
+    let mut t = header(b"DSDT", 36, 1);
+    t.extend_from_slice(&[
+        0x08, // NameOp
+        b'\\', b'_', b'S', b'5', b'_', // \_S5_
+        0x12, // PackageOp
+        0x08, // PkgLength (one byte: the 8 bytes from here to the end of the package)
+        0x04, // NumElements
+        0x0A, SLP_TYP_S5, // BytePrefix value
+        0x0A, SLP_TYP_S5, 0x00, // ZeroOp
+        0x00, // ZeroOp
+    ]);
+    let len = t.len() as u32;
+    put32(&mut t, 4, len);
+    finish(&mut t);
+    t
+}
+
+/// A standard 36-byte SDT header with a zero checksum.
+fn header(sig: &[u8; 4], len: u32, revision: u8) -> Vec<u8> {
+    let mut h = vec![0u8; len as usize];
+    h[0..4].copy_from_slice(sig);
+    put32(&mut h, 4, len);
+    h[8] = revision;
+    h[10..16].copy_from_slice(OEM_ID);
+    h[16..24].copy_from_slice(OEM_TABLE_ID);
+    put32(&mut h, 24, 1);
+    h[28..32].copy_from_slice(b"BLKH");
+    put32(&mut h, 32, 1);
+    h
+}
+
+fn finish(t: &mut [u8]) {
+    t[9] = 0;
+    t[9] = checksum(t);
+}
+
+fn checksum(b: &[u8]) -> u8 {
+    0u8.wrapping_sub(b.iter().fold(0u8, |a, &x| a.wrapping_add(x)))
+}
+
+fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_at(t: &Tables, base: u32, addr: u32) -> &[u8] {
+        let at = (addr - base) as usize;
+        let len = u32::from_le_bytes(t.bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+        &t.bytes[at..at + len]
+    }
+
+    fn sum(b: &[u8]) -> u8 {
+        b.iter().fold(0u8, |a, &x| a.wrapping_add(x))
+    }
+
+    #[test]
+    fn every_table_checksums_to_zero_and_links_resolve() {
+        let base = 0x3FF_0000;
+        let t = build(base);
+        assert_eq!(sum(&t.rsdp_bytes), 0);
+        let rsdt_addr = u32::from_le_bytes(t.rsdp_bytes[16..20].try_into().unwrap());
+        let rsdt = table_at(&t, base, rsdt_addr);
+        assert_eq!((&rsdt[0..4], sum(rsdt)), (&b"RSDT"[..], 0));
+        let fadt_addr = u32::from_le_bytes(rsdt[36..40].try_into().unwrap());
+        let fadt = table_at(&t, base, fadt_addr);
+        assert_eq!((&fadt[0..4], sum(fadt), fadt.len()), (&b"FACP"[..], 0, 116));
+        let dsdt = table_at(
+            &t,
+            base,
+            u32::from_le_bytes(fadt[40..44].try_into().unwrap()),
+        );
+        assert_eq!((&dsdt[0..4], sum(dsdt)), (&b"DSDT"[..], 0));
+        assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        let madt = table_at(
+            &t,
+            base,
+            u32::from_le_bytes(rsdt[40..44].try_into().unwrap()),
+        );
+        assert_eq!((&madt[0..4], sum(madt)), (&b"APIC"[..], 0));
+    }
+
+    #[test]
+    fn s5_package_encodes_four_elements() {
+        let d = dsdt();
+        let pkg = d.windows(2).position(|w| w == [0x12, 0x08]).unwrap();
+        // PkgLength counts itself and everything after it in the package.
+        assert_eq!(d.len() - (pkg + 1), 0x08);
+        assert_eq!(d[pkg + 2], 4);
+    }
+}

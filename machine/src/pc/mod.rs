@@ -1,0 +1,476 @@
+//! The PC: CPU, memory and board put together, booted directly (Linux
+//! bzImage or Multiboot kernel) or from firmware, and run in slices between
+//! which timers are polled and host input (serial bytes, the power button,
+//! stop requests) is fed in. While the guest is halted the calling thread
+//! blocks until the next timer deadline or host input: an idle VM costs no
+//! CPU.
+
+mod board;
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+
+use board::{Board, BoardBus, BoardConfig, PcClock};
+pub use board::{DEBUG_EXIT_PORT, SerialOut};
+
+use crate::acpi;
+use crate::boot::{self, BootError, linux, multiboot};
+use crate::bus::Signals;
+use crate::cpu::{Cpu, RunExit, ShutdownReason, TscSource};
+use crate::devices::{Clock, HostClock};
+use crate::memory::{MemoryError, PhysMemory};
+
+/// Guest-physical base of the linear framebuffer (where QEMU's stdvga puts its LFB).
+pub const FRAMEBUFFER_BASE: u32 = 0xFD00_0000;
+/// The TSC's nominal rate.
+pub const TSC_HZ: u64 = 1_000_000_000;
+/// Instructions per slice between timer polls.
+const SLICE: u64 = 200_000;
+
+/// What the machine starts.
+pub enum Firmware {
+    /// A bzImage booted through the Linux boot protocol.
+    Linux {
+        kernel: Vec<u8>,
+        initrd: Option<Vec<u8>>,
+        cmdline: String,
+    },
+    /// A Multiboot v1 kernel with modules (bytes, command line).
+    Multiboot {
+        kernel: Vec<u8>,
+        cmdline: String,
+        modules: Vec<(Vec<u8>, String)>,
+    },
+    /// A BIOS image mapped below 4 GiB (its last 128 KiB also below 1 MiB),
+    /// entered at the reset vector.
+    Bios { image: Vec<u8> },
+}
+
+/// Where the framebuffer's pixels live.
+pub enum FramebufferMemory {
+    /// Memory private to this process.
+    Private,
+    /// `fd` (a memfd) from `offset`: guest stores land in it with no copy.
+    Shared { fd: OwnedFd, offset: u64 },
+}
+
+/// A 32 bpp x8r8g8b8 linear framebuffer.
+pub struct FramebufferConfig {
+    pub width: u16,
+    pub height: u16,
+    pub memory: FramebufferMemory,
+}
+
+impl FramebufferConfig {
+    pub fn stride(&self) -> u32 {
+        self.width as u32 * 4
+    }
+    /// Bytes of guest-physical space it takes (page-rounded).
+    pub fn size(&self) -> u32 {
+        (self.stride() * self.height as u32).next_multiple_of(4096)
+    }
+}
+
+pub struct PcConfig {
+    pub ram_mib: u32,
+    pub firmware: Firmware,
+    pub framebuffer: Option<FramebufferConfig>,
+    /// COM1 and COM2 output.
+    pub serial: [SerialOut; 2],
+    /// Where bytes written to ports 0xE9/0x402 go.
+    pub debug_console: Option<Box<dyn std::io::Write>>,
+    /// Enable the debug-exit port ([`DEBUG_EXIT_PORT`]).
+    pub debug_exit: bool,
+    /// The time source; the host's monotonic clock when `None`.
+    pub clock: Option<Rc<dyn Clock>>,
+}
+
+#[derive(Debug, Error)]
+pub enum PcError {
+    #[error("guest RAM of {0} MiB is out of range (1..={max} MiB)", max = crate::MAX_RAM >> 20)]
+    BadRam(u32),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error("the BIOS image is {0} bytes: it must be a multiple of 64 KiB, at most 16 MiB")]
+    BadBios(usize),
+}
+
+/// Why [`Pc::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PcExit {
+    /// The guest powered off through ACPI (S5).
+    PowerOff,
+    /// The guest wrote this value to the debug-exit port.
+    DebugExit(u32),
+    /// The CPU triple-faulted (the machine is stopped; `reset` restarts it).
+    TripleFault,
+    /// HLT with interrupts disabled and nothing that could wake it.
+    HaltedForever,
+    /// The instruction limit given to `run` was reached.
+    InstructionLimit,
+    /// A [`PcHandle::stop`] request.
+    Stopped,
+}
+
+/// Host input queued for the vCPU thread.
+#[derive(Default)]
+struct Inbox {
+    serial: [VecDeque<u8>; 2],
+    power_button: bool,
+    reset: bool,
+    stop: bool,
+}
+
+struct Shared {
+    inbox: Mutex<Inbox>,
+    wake: Condvar,
+    signals: Signals,
+}
+
+/// A handle other threads use to reach a running [`Pc`].
+#[derive(Clone)]
+pub struct PcHandle(Arc<Shared>);
+
+impl PcHandle {
+    fn post(&self, f: impl FnOnce(&mut Inbox)) {
+        let mut inbox = self.0.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut inbox);
+        drop(inbox);
+        self.0.wake.notify_all();
+        // Make a running CPU return to the platform loop promptly.
+        self.0.signals.raise(Signals::STOP);
+    }
+    /// Makes `run` return `PcExit::Stopped` at the next instruction boundary.
+    pub fn stop(&self) {
+        self.post(|i| i.stop = true);
+    }
+    /// Presses the ACPI power button.
+    pub fn power_button(&self) {
+        self.post(|i| i.power_button = true);
+    }
+    /// Resets the machine (as the reset button would).
+    pub fn reset(&self) {
+        self.post(|i| i.reset = true);
+    }
+    /// Queues bytes for COM1 (`port` 0) or COM2 (1); they enter the UART
+    /// as its receive FIFO drains.
+    pub fn serial_input(&self, port: usize, bytes: &[u8]) {
+        self.post(|i| i.serial[port.min(1)].extend(bytes));
+    }
+    /// Bytes still queued for a serial port.
+    pub fn serial_backlog(&self, port: usize) -> usize {
+        let inbox = self.0.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        inbox.serial[port.min(1)].len()
+    }
+}
+
+/// A PC.
+pub struct Pc {
+    cpu: Cpu,
+    board: Rc<RefCell<Board>>,
+    shared: Arc<Shared>,
+    firmware: Firmware,
+    framebuffer: Option<(u32, u32)>,
+}
+
+impl Pc {
+    pub fn new(config: PcConfig) -> Result<Pc, PcError> {
+        if config.ram_mib == 0 || config.ram_mib as u64 > crate::MAX_RAM >> 20 {
+            return Err(PcError::BadRam(config.ram_mib));
+        }
+        let ram = (config.ram_mib as u64) << 20;
+        let mut mem = PhysMemory::new(ram)?;
+        let framebuffer = match config.framebuffer {
+            Some(fb) => {
+                let size = fb.size();
+                match fb.memory {
+                    FramebufferMemory::Private => {
+                        mem.add_buffer(FRAMEBUFFER_BASE, size as u64)?;
+                    }
+                    FramebufferMemory::Shared { fd, offset } => {
+                        mem.add_shared_buffer(FRAMEBUFFER_BASE, size as u64, fd.as_fd(), offset)?;
+                    }
+                }
+                Some((fb.width, fb.height, size))
+            }
+            None => None,
+        };
+        if let Firmware::Bios { image } = &config.firmware {
+            let len = image.len();
+            if len == 0 || !len.is_multiple_of(0x1_0000) || len > 16 << 20 {
+                return Err(PcError::BadBios(len));
+            }
+            let base = (0x1_0000_0000u64 - len as u64) as u32;
+            mem.add_rom(base, image)?;
+            let low = len.min(0x2_0000) as u32;
+            mem.alias_rom(base, 0x10_0000 - low, low)?;
+            // Only the alias's window matters: it maps the image's start,
+            // so for images over 128 KiB map the tail instead.
+        }
+        let clock: Rc<dyn Clock> = config
+            .clock
+            .unwrap_or_else(|| Rc::new(HostClock::default()));
+        let unix_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let unix_time_at_origin = unix_now.saturating_sub(clock.now());
+        let signals = Signals::new();
+        let board = Rc::new(RefCell::new(Board::new(
+            BoardConfig {
+                ram_bytes: ram,
+                serial: config.serial,
+                debug_console: config.debug_console,
+                debug_exit: config.debug_exit,
+                unix_time_at_origin,
+            },
+            PcClock(clock),
+            signals.clone(),
+        )));
+        let mut cpu = Cpu::new(mem, Box::new(BoardBus(board.clone())));
+        cpu.set_signals(signals.clone());
+        cpu.set_apic_present(true);
+        // The TSC follows host time (at a nominal 1 GHz), so the guest's
+        // calibration against the PIT holds whatever the emulation speed.
+        cpu.set_tsc_source(TscSource::HostClock { hz: TSC_HZ });
+        let mut pc = Pc {
+            cpu,
+            board,
+            shared: Arc::new(Shared {
+                inbox: Mutex::new(Inbox::default()),
+                wake: Condvar::new(),
+                signals,
+            }),
+            firmware: config.firmware,
+            framebuffer: framebuffer.map(|(w, h, size)| (w as u32 | (h as u32) << 16, size)),
+        };
+        pc.boot()?;
+        Ok(pc)
+    }
+
+    /// Loads the firmware or kernel and sets the CPU at its entry.
+    fn boot(&mut self) -> Result<(), PcError> {
+        let ram = self.cpu.mem.ram_size();
+        let acpi_base = ram - acpi::TABLES_SIZE;
+        let tables = acpi::build(acpi_base);
+        let e820 = boot::e820_map(ram, acpi::TABLES_SIZE);
+        match &self.firmware {
+            Firmware::Bios { .. } => {
+                self.cpu.reset();
+                return Ok(());
+            }
+            Firmware::Linux {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                self.cpu.write_phys_bytes(acpi_base, &tables.bytes);
+                self.cpu
+                    .write_phys_bytes(boot::layout::RSDP_LOW, &tables.rsdp_bytes);
+                let fb = self.framebuffer.map(|(wh, size)| linux::LinearFramebuffer {
+                    base: FRAMEBUFFER_BASE,
+                    width: wh as u16,
+                    height: (wh >> 16) as u16,
+                    stride: (wh as u16 as u32 * 4) as u16,
+                    size,
+                });
+                linux::load_linux(
+                    &mut self.cpu,
+                    &linux::LinuxBoot {
+                        kernel,
+                        initrd: initrd.as_deref(),
+                        cmdline,
+                        e820: &e820,
+                        framebuffer: fb,
+                        acpi_rsdp: Some(tables.rsdp),
+                        ram_top: acpi_base,
+                    },
+                )?;
+            }
+            Firmware::Multiboot {
+                kernel,
+                cmdline,
+                modules,
+            } => {
+                self.cpu.write_phys_bytes(acpi_base, &tables.bytes);
+                self.cpu
+                    .write_phys_bytes(boot::layout::RSDP_LOW, &tables.rsdp_bytes);
+                let mods: Vec<multiboot::Module> = modules
+                    .iter()
+                    .map(|(bytes, cmdline)| multiboot::Module { bytes, cmdline })
+                    .collect();
+                multiboot::load_multiboot(
+                    &mut self.cpu,
+                    &multiboot::MultibootBoot {
+                        kernel,
+                        cmdline,
+                        modules: &mods,
+                        e820: &e820,
+                        ram_top: acpi_base,
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A handle for other threads (stop, power button, serial input).
+    pub fn handle(&self) -> PcHandle {
+        PcHandle(self.shared.clone())
+    }
+
+    pub fn cpu(&self) -> &Cpu {
+        &self.cpu
+    }
+    pub fn cpu_mut(&mut self) -> &mut Cpu {
+        &mut self.cpu
+    }
+
+    /// The framebuffer's pixels: (width, height, stride, bytes).
+    pub fn framebuffer(&self) -> Option<(u32, u32, u32, &[u8])> {
+        let (wh, size) = self.framebuffer?;
+        let (w, h) = (wh & 0xFFFF, wh >> 16);
+        let bytes = self.cpu.mem.bytes(FRAMEBUFFER_BASE, size)?;
+        Some((w, h, w * 4, bytes))
+    }
+
+    /// The last POST code the guest wrote to port 0x80.
+    pub fn post_code(&self) -> u8 {
+        self.board.borrow().post_code
+    }
+
+    /// Resets CPU and devices and boots again.
+    pub fn reset(&mut self) -> Result<(), PcError> {
+        self.board.borrow_mut().reset();
+        self.boot()
+    }
+
+    /// Runs the machine until something ends the run, or `limit`
+    /// instructions (if given) have retired.
+    pub fn run(&mut self, limit: Option<u64>) -> PcExit {
+        let end = limit.map(|l| self.cpu.instruction_count().saturating_add(l));
+        loop {
+            if let Some(exit) = self.take_requests() {
+                return exit;
+            }
+            if let Some(exit) = self.service_inbox() {
+                return exit;
+            }
+            let budget = match end {
+                Some(end) => {
+                    let left = end.saturating_sub(self.cpu.instruction_count());
+                    if left == 0 {
+                        return PcExit::InstructionLimit;
+                    }
+                    left.min(SLICE)
+                }
+                None => SLICE,
+            };
+            let exit = self.cpu.run(budget);
+            {
+                let mut b = self.board.borrow_mut();
+                // IA32_APIC_BASE.EN (bit 11) gates the local APIC.
+                b.lapic
+                    .set_enabled_by_msr(self.cpu.apic_base() & (1 << 11) != 0);
+                b.poll();
+            }
+            match exit {
+                RunExit::BudgetExhausted | RunExit::Stopped => {}
+                RunExit::Reset => {
+                    // The platform's reset line: devices too, and boot again
+                    // (for direct boot the kernel is loaded afresh, as QEMU does).
+                    if let Err(e) = self.reset() {
+                        tracing::error!(target: "bulkhead::pc", "reboot failed: {e}");
+                        return PcExit::HaltedForever;
+                    }
+                }
+                RunExit::Shutdown(ShutdownReason::TripleFault) => return PcExit::TripleFault,
+                RunExit::Halted => self.wait_for_event(),
+                RunExit::HaltedInterruptsDisabled => {
+                    // Only NMI or reset can wake the CPU; nothing here raises NMI by itself.
+                    if !self.inbox_pending() {
+                        return PcExit::HaltedForever;
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_requests(&mut self) -> Option<PcExit> {
+        let mut b = self.board.borrow_mut();
+        let r = std::mem::take(&mut b.requests);
+        if let Some(v) = r.debug_exit {
+            return Some(PcExit::DebugExit(v));
+        }
+        r.power_off.then_some(PcExit::PowerOff)
+    }
+
+    fn inbox_pending(&self) -> bool {
+        let i = self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        i.stop || i.power_button || i.reset || i.serial.iter().any(|q| !q.is_empty())
+    }
+
+    /// Moves queued host input into the devices.
+    fn service_inbox(&mut self) -> Option<PcExit> {
+        let mut inbox = self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        if std::mem::take(&mut inbox.stop) {
+            self.shared.signals.take(Signals::STOP);
+            return Some(PcExit::Stopped);
+        }
+        let reset = std::mem::take(&mut inbox.reset);
+        let mut b = self.board.borrow_mut();
+        if std::mem::take(&mut inbox.power_button) {
+            b.piix.pm.press_power_button();
+        }
+        for (port, queue) in inbox.serial.iter_mut().enumerate() {
+            if !queue.is_empty() {
+                let (front, _) = queue.as_slices();
+                let taken = b.com[port].receive(front);
+                queue.drain(..taken);
+            }
+        }
+        b.sync_irqs();
+        drop(b);
+        drop(inbox);
+        if reset {
+            self.shared.signals.raise(Signals::RESET);
+        }
+        None
+    }
+
+    /// Blocks while the guest is halted: until the next device deadline or
+    /// host input.
+    fn wait_for_event(&mut self) {
+        let b = self.board.borrow();
+        let now = b.clock.now();
+        let deadline = b.next_deadline();
+        drop(b);
+        let inbox = self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = |i: &Inbox| {
+            i.stop || i.power_button || i.reset || i.serial.iter().any(|q| !q.is_empty())
+        };
+        if pending(&inbox) || self.shared.signals.load() & Signals::INTR != 0 {
+            return;
+        }
+        let timeout = match deadline {
+            Some(d) => d.saturating_sub(now),
+            // Nothing is scheduled: wait for host input (re-checking now and then).
+            None => Duration::from_millis(100),
+        };
+        if timeout.is_zero() {
+            return;
+        }
+        let _ = self
+            .shared
+            .wake
+            .wait_timeout_while(inbox, timeout, |i| !pending(i))
+            .unwrap_or_else(|e| e.into_inner());
+    }
+}
