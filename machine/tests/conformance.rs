@@ -7,10 +7,9 @@
 //! instruction budget, so a CPU bug cannot hang the suite), and compares
 //! registers and memory with the undefined flags masked out.
 //!
-//! One test per suite. Results are printed per opcode file (run with
-//! `-- --nocapture` to see them when passing; they are also written to
-//! `conformance-<suite>.txt` in Cargo's test temporary directory), and the
-//! overall pass rate must reach the suite's threshold.
+//! One test per suite. Results are printed per opcode file on every run
+//! (and written to `conformance-<suite>.txt` in Cargo's test temporary
+//! directory), and the overall pass rate must reach the suite's threshold.
 //!
 //! Environment:
 //! - `BULKHEAD_CPU_VECTORS=<dir>`: the directory holding `ss286/` and
@@ -33,7 +32,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
-use std::io::Read;
+use std::io::{Read, Write as _};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Once};
@@ -653,7 +652,9 @@ fn run_suite(suite: &str, default_min: f64) {
             s.first_failure.as_deref().unwrap_or("")
         );
     }
-    print!("{report}");
+    // Straight to the process's stdout, past the test harness's capture,
+    // so the figures show in every run, passing or not.
+    let _ = std::io::stdout().lock().write_all(report.as_bytes());
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("conformance-{suite}.txt"));
     let _ = std::fs::write(&out, &report);
 
