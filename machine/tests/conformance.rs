@@ -26,7 +26,8 @@
 //! Vectors of 286-only behaviour are skipped and counted apart: a LOCK
 //! prefix the 286 ignores where later CPUs raise #UD, instructions longer
 //! than the 286's 10-byte limit, MOV to and from FS/GS (#UD on the 286),
-//! and #GP for SS limit violations (#SS on later CPUs). FPU escapes are run but not rated
+//! #GP for SS limit violations (#SS on later CPUs) and string words at
+//! offset FFFF, where the 286 wraps or faults late and later CPUs fault. FPU escapes are run but not rated
 //! (the 286 ran them without a coprocessor).
 
 use std::cell::RefCell;
@@ -39,7 +40,7 @@ use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use flate2::read::GzDecoder;
-use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use machine::{Cpu, NullBus, PhysMemory, RunExit, Seg, SegCache, Signals, reg};
 
 /// Minimum pass rate over the 80286 real-mode suite (the integer
@@ -469,8 +470,10 @@ fn lockable(m: Mnemonic) -> bool {
 
 /// Why a vector records 286-only behaviour, if it does: the 286 ignores a
 /// misplaced LOCK prefix (later CPUs raise #UD), limits instructions to
-/// 10 bytes (later CPUs to 15), has no FS and GS, and raises #GP where
-/// later CPUs raise #SS.
+/// 10 bytes (later CPUs to 15), has no FS and GS, raises #GP where later
+/// CPUs raise #SS (an operand or a stack word at SS:FFFF), and wraps a
+/// string instruction's word at offset FFFF or faults on it only after
+/// updating SI/DI, where later CPUs fault with SI/DI unchanged.
 fn not_applicable(v: &Vector) -> Option<&'static str> {
     let mut dec = Decoder::new(16, &v.bytes, DecoderOptions::NO_INVALID_CHECK);
     let i = dec.decode();
@@ -485,14 +488,52 @@ fn not_applicable(v: &Vector) -> Option<&'static str> {
     }) {
         return Some("FS or GS, which the 286 does not have (#UD there)");
     }
-    if v.excp.is_some_and(|(vector, _)| vector == 13)
-        && i.op_count() > 0
-        && (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory)
-        && i.memory_segment() == Register::SS
-    {
+    let init = |name: &str| {
+        v.init
+            .regs
+            .iter()
+            .find(|(n, _)| n.trim_start_matches('e') == name)
+            .map_or(0, |r| r.1 & 0xFFFF)
+    };
+    let gp = v.excp.is_some_and(|(vector, _)| vector == 13);
+    let ss_operand = (0..i.op_count()).any(|n| i.op_kind(n) == OpKind::Memory)
+        && i.memory_segment() == Register::SS;
+    let stack_edge = i.is_stack_instruction()
+        && (matches!(init("sp"), 1 | 0xFFFF)
+            || (i.mnemonic() == Mnemonic::Leave && init("bp") == 0xFFFF));
+    if gp && (ss_operand || stack_edge) {
         return Some("#GP for an SS limit violation (#SS from the 386 on)");
     }
+    if string_word_at_ffff(&i, &init) {
+        return Some("a string word at offset FFFF (the 286 wraps or faults after updating SI/DI)");
+    }
     None
+}
+
+/// Whether a word string instruction touches a word at offset 0xFFFF of
+/// its SI or DI operand in any of its iterations.
+fn string_word_at_ffff(i: &Instruction, init: &dyn Fn(&str) -> u32) -> bool {
+    if i.memory_size().size() != 2 {
+        return false;
+    }
+    let count = if i.has_rep_prefix() || i.has_repne_prefix() {
+        init("cx")
+    } else {
+        1
+    };
+    let step: u32 = if init("flags") & 0x400 != 0 {
+        0xFFFE
+    } else {
+        2
+    };
+    (0..i.op_count()).any(|n| {
+        let start = match i.op_kind(n) {
+            OpKind::MemorySegSI => init("si"),
+            OpKind::MemoryESDI => init("di"),
+            _ => return false,
+        };
+        (0..count).any(|k| start.wrapping_add(k.wrapping_mul(step)) & 0xFFFF == 0xFFFF)
+    })
 }
 
 // ---- a suite ----
