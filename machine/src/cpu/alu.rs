@@ -538,7 +538,6 @@ fn shift_value<const K: u8, const W: u32>(cpu: &mut Cpu, a: u32, count: u32) -> 
     let bits = W * 8;
     let m = size_mask(W);
     let msb = |v: u32| (v >> (bits - 1)) & 1;
-    let old = cpu.flags.get();
     let (res, cf, of) = match K {
         ROL => {
             let n = count % bits;
@@ -555,7 +554,7 @@ fn shift_value<const K: u8, const W: u32>(cpu: &mut Cpu, a: u32, count: u32) -> 
             // Rotate the (bits + 1)-bit value CF:a.
             let n = (count % (bits + 1)) as u64;
             let width = bits as u64 + 1;
-            let v = (old as u64 & 1) << bits | a as u64;
+            let v = (cpu.flags.cf() as u64) << bits | a as u64;
             let all = (1u64 << width) - 1;
             let v = if K == RCL {
                 (v << n | v >> ((width - n) % width)) & all
@@ -591,7 +590,7 @@ fn shift_value<const K: u8, const W: u32>(cpu: &mut Cpu, a: u32, count: u32) -> 
     let cf_of = if cf != 0 { CF } else { 0 } | if of != 0 { OF } else { 0 };
     let status = if K <= RCR {
         // Rotates change only CF and OF.
-        old & (SF | ZF | AF | PF) | cf_of
+        cpu.flags.get() & (SF | ZF | AF | PF) | cf_of
     } else {
         Flags::szp(W, res) | cf_of
     };
