@@ -88,6 +88,8 @@ fn width(i: &Instruction, op: u32) -> u32 {
     }
 }
 
+/// The handler for an ALU instruction, instantiated for its operation,
+/// width and operand form; `None` for every other instruction.
 pub(super) fn handler(i: &Instruction) -> Option<Handler> {
     use Mnemonic as M;
     let w = width(i, 0);
