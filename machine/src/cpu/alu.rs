@@ -1311,6 +1311,19 @@ mod tests {
     }
 
     #[test]
+    fn rep_bsf_is_bsf_not_tzcnt() {
+        let cpu = run(
+            |a| a.db(&[0xF3, 0x0F, 0xBC, 0xC8]), // rep bsf cx, ax
+            |c| {
+                c.set_gpr(reg::ECX, 0x1234);
+                c.set_gpr(reg::EAX, 0);
+            },
+        );
+        assert_eq!(cpu.gpr(reg::ECX), 0x1234);
+        assert_eq!(cpu.eflags() & ZF, ZF);
+    }
+
+    #[test]
     fn cmpxchg_stores_on_equal_and_loads_the_accumulator_otherwise() {
         let mut cpu = run(
             |a| {
