@@ -517,22 +517,30 @@ fn sanitize_env() -> Result<(), SandboxError> {
 
 /// Closes every fd ≥ 3 not listed in `keep`.
 fn close_stray_fds(keep: &[RawFd]) -> Result<(), SandboxError> {
+    for (first, last) in stray_ranges(keep) {
+        sys::close_range(first, last).map_err(|source| SandboxError::CloseFds {
+            first,
+            last,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The inclusive fd ranges ≥ 3 that are not in `keep`.
+fn stray_ranges(keep: &[RawFd]) -> Vec<(u32, u32)> {
     let mut keep: Vec<u32> = keep.iter().map(|&fd| fd as u32).collect();
     keep.sort_unstable();
     keep.dedup();
+    let mut ranges = Vec::new();
     let mut first = 3u32;
     for fd in keep.into_iter().chain(std::iter::once(u32::MAX)) {
         if fd > first {
-            let last = fd - 1;
-            sys::close_range(first, last).map_err(|source| SandboxError::CloseFds {
-                first,
-                last,
-                source,
-            })?;
+            ranges.push((first, fd - 1));
         }
         first = fd.saturating_add(1);
     }
-    Ok(())
+    ranges
 }
 
 fn join_cgroup(cg: &CgroupPlan) -> Result<CgroupVersion, SandboxError> {
@@ -806,6 +814,15 @@ mod tests {
         let mut plan = Plan::for_vm(0);
         plan.keep_fds = vec![3, 300];
         assert!(matches!(validate(&plan), Err(SandboxError::BadPlan(_))));
+    }
+
+    #[test]
+    fn stray_fds_are_everything_but_the_kept_ones() {
+        assert_eq!(stray_ranges(&[]), [(3, u32::MAX - 1)]);
+        assert_eq!(
+            stray_ranges(&[5, 3, 9, 5]),
+            [(4, 4), (6, 8), (10, u32::MAX - 1)]
+        );
     }
 
     #[test]
