@@ -271,7 +271,7 @@ impl Flags {
     /// Stores the six status flags directly from `status` (other bits ignored).
     #[inline]
     pub fn set_arith(&mut self, status: u32) {
-        self.bits = (self.get() & !ARITH) | (status & ARITH);
+        self.bits = (self.bits & !ARITH) | (status & ARITH);
         self.lazy = Lazy::None;
     }
 
