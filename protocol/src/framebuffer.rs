@@ -471,7 +471,7 @@ impl FbReader {
         // Rows start word-aligned, do not overlap, and the last one ends
         // inside the mapping.
         let needed = u64::from(stride) * u64::from(height - 1) + row;
-        if stride % 4 != 0 || u64::from(stride) < row || needed > available {
+        if !stride.is_multiple_of(4) || u64::from(stride) < row || needed > available {
             return Err(bad);
         }
         let frame_counter = h.frame_counter.load(Ordering::Relaxed);

@@ -63,3 +63,70 @@ fn round_trip<T: Serialize + DeserializeOwned>(value: &T) {
     let frame2 = encode(&again).expect("and re-encodes again");
     assert_eq!(frame, frame2, "re-encoding is not stable");
 }
+
+/// One of every [`ToWorker`] variant.
+pub fn sample_to_worker() -> Vec<ToWorker> {
+    use crate::messages::{KeyEvent, PointerEvent, SerialBytes, Set2Key};
+    vec![
+        ToWorker::Start,
+        ToWorker::Pause,
+        ToWorker::Resume,
+        ToWorker::Reset,
+        ToWorker::PowerButton,
+        ToWorker::Key(KeyEvent { key: Set2Key::extended(0x75).expect("up arrow"), pressed: true }),
+        ToWorker::Key(KeyEvent { key: Set2Key::PAUSE, pressed: false }),
+        ToWorker::Pointer(PointerEvent { dx: -5, dy: 300, dz: -1, buttons: 0b101 }),
+        ToWorker::SerialInput { port: 0, bytes: SerialBytes::new(b"root\n".to_vec()).expect("short") },
+        ToWorker::QueryStats,
+        ToWorker::Shutdown,
+    ]
+}
+
+/// One of every [`FromWorker`] variant (and every nested enum variant).
+pub fn sample_from_worker() -> Vec<FromWorker> {
+    use crate::messages::{GuestEvent, LogLevel, LogLine, PixelFormat, ReadyInfo, Stats, VideoMode, VmState};
+    let mode = VideoMode { width: 1024, height: 768, stride: 4096, format: PixelFormat::X8R8G8B8 };
+    let mut log = LogLine::new(LogLevel::Warn, "i8042: unknown command 0xd4 (rate-limited)");
+    log.dropped = 17;
+    vec![
+        FromWorker::Ready(ReadyInfo { ram_mib: 256, video_mode: Some(mode) }),
+        FromWorker::Ready(ReadyInfo { ram_mib: 64, video_mode: None }),
+        FromWorker::State(VmState::Running),
+        FromWorker::State(VmState::Paused),
+        FromWorker::State(VmState::Halted),
+        FromWorker::State(VmState::Stopped),
+        FromWorker::VideoMode(mode),
+        FromWorker::Stats(Stats {
+            instructions: 123_456_789_012,
+            uptime_ms: 60_000,
+            halted_ms: 55_000,
+            paused_ms: 0,
+            interrupts: 6_000,
+            frames: 3_600,
+            mips: 187.5,
+        }),
+        FromWorker::Guest(GuestEvent::PowerOff),
+        FromWorker::Guest(GuestEvent::Reset),
+        FromWorker::Guest(GuestEvent::TripleFault { eip: 0xC010_0000 }),
+        FromWorker::Guest(GuestEvent::HaltedForever),
+        FromWorker::Guest(GuestEvent::DebugExit(0x31)),
+        FromWorker::Log(log),
+    ]
+}
+
+/// A Linux-boot configuration using the documented fds.
+pub fn sample_config() -> WorkerConfig {
+    use crate::fds;
+    use crate::messages::{BootSource, DebugFlags, FramebufferSize};
+    WorkerConfig {
+        ram_mib: 256,
+        boot: BootSource::Linux {
+            kernel_fd: fds::KERNEL,
+            initrd_fd: Some(fds::INITRD),
+            cmdline: "console=ttyS0 quiet".into(),
+        },
+        framebuffer: Some(FramebufferSize { width: 1024, height: 768 }),
+        serial: true,
+        debug: DebugFlags { debug_exit: true, ..DebugFlags::default() },
+    }
+}

@@ -494,3 +494,151 @@ impl WorkerConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{DecodeError, decode, encode};
+    use crate::fuzzing::{sample_config, sample_from_worker, sample_to_worker};
+
+    #[test]
+    fn every_to_worker_message_round_trips() {
+        for msg in sample_to_worker() {
+            let frame = encode(&msg).unwrap();
+            assert_eq!(decode::<ToWorker>(&frame).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn every_from_worker_message_round_trips() {
+        for msg in sample_from_worker() {
+            let frame = encode(&msg).unwrap();
+            assert_eq!(decode::<FromWorker>(&frame).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn hello_and_config_round_trip() {
+        let hello = Hello::current();
+        assert_eq!(decode::<Hello>(&encode(&hello).unwrap()).unwrap(), hello);
+        let config = sample_config();
+        assert_eq!(decode::<WorkerConfig>(&encode(&config).unwrap()).unwrap(), config);
+    }
+
+    #[test]
+    fn hello_wire_format_is_magic_then_varint_version() {
+        let frame = encode(&Hello::current()).unwrap();
+        assert_eq!(&frame[..4], &9u32.to_le_bytes());
+        assert_eq!(&frame[4..12], b"BULKHEAD");
+        assert_eq!(frame[12], PROTOCOL_VERSION as u8);
+    }
+
+    #[test]
+    fn oversized_log_text_is_refused_while_decoding() {
+        // A hostile worker bypasses LogText::new by encoding a plain String.
+        #[derive(Serialize)]
+        enum Forged {
+            _Ready,
+            _State,
+            _VideoMode,
+            _Stats,
+            _Guest,
+            Log { level: LogLevel, text: String, dropped: u32 },
+        }
+        let forged = Forged::Log { level: LogLevel::Info, text: "x".repeat(LogText::MAX + 1), dropped: 0 };
+        let err = decode::<FromWorker>(&encode(&forged).unwrap()).unwrap_err();
+        assert!(matches!(err, DecodeError::Postcard(_)), "{err:?}");
+    }
+
+    #[test]
+    fn oversized_serial_input_is_refused_while_decoding() {
+        #[derive(Serialize)]
+        enum Forged {
+            _Start,
+            _Pause,
+            _Resume,
+            _Reset,
+            _PowerButton,
+            _Key,
+            _Pointer,
+            SerialInput { port: u8, bytes: Vec<u8> },
+        }
+        let forged = Forged::SerialInput { port: 0, bytes: vec![b'a'; SerialBytes::MAX + 1] };
+        assert!(decode::<ToWorker>(&encode(&forged).unwrap()).is_err());
+        assert!(SerialBytes::new(vec![0; SerialBytes::MAX]).is_some());
+    }
+
+    #[test]
+    fn invalid_scancode_is_refused_while_decoding() {
+        let frame = encode(&(5u32, 0x1234u16, true)).unwrap();
+        assert!(decode::<ToWorker>(&frame).is_err());
+        assert_eq!(Set2Key::new(0x1234), None);
+        assert_eq!(Set2Key::new(0x0000), None);
+        assert_eq!(Set2Key::new(0x00F0), None);
+    }
+
+    #[test]
+    fn set2_key_bytes_cover_plain_extended_and_irregular_keys() {
+        let a = Set2Key::plain(0x1C).unwrap();
+        assert_eq!(a.bytes(true), [0x1C]);
+        assert_eq!(a.bytes(false), [0xF0, 0x1C]);
+        let up = Set2Key::extended(0x75).unwrap();
+        assert_eq!(up.bytes(true), [0xE0, 0x75]);
+        assert_eq!(up.bytes(false), [0xE0, 0xF0, 0x75]);
+        assert_eq!(Set2Key::PAUSE.bytes(true).len(), Set2Key::MAX_SEQUENCE);
+        assert!(Set2Key::PAUSE.bytes(false).is_empty());
+        assert_eq!(Set2Key::PRINT_SCREEN.bytes(true), [0xE0, 0x12, 0xE0, 0x7C]);
+    }
+
+    #[test]
+    fn log_text_truncates_at_a_char_boundary() {
+        let text = "é".repeat(LogText::MAX);
+        let t = LogText::truncated(&text);
+        assert!(t.as_str().len() <= LogText::MAX);
+        assert_eq!(t.as_str().len(), LogText::MAX);
+        assert!(LogText::new("x".repeat(LogText::MAX + 1)).is_none());
+    }
+
+    #[test]
+    fn config_validation_accepts_the_documented_fds() {
+        assert_eq!(sample_config().validate(), Ok(()));
+    }
+
+    #[test]
+    fn config_validation_refuses_wrong_fds_ram_and_cmdline() {
+        let mut c = sample_config();
+        c.boot = BootSource::Linux { kernel_fd: 0, initrd_fd: None, cmdline: String::new() };
+        assert!(matches!(c.validate(), Err(ConfigError::BadFd { what: "kernel", fd: 0, .. })));
+        let mut c = sample_config();
+        c.ram_mib = 0;
+        assert_eq!(c.validate(), Err(ConfigError::BadRam(0)));
+        let mut c = sample_config();
+        c.boot = BootSource::Linux {
+            kernel_fd: crate::fds::KERNEL,
+            initrd_fd: None,
+            cmdline: "a".repeat(WorkerConfig::MAX_CMDLINE + 1),
+        };
+        assert!(matches!(c.validate(), Err(ConfigError::CmdlineTooLong(_))));
+        let mut c = sample_config();
+        c.framebuffer = Some(FramebufferSize { width: 0, height: 480 });
+        assert!(matches!(c.validate(), Err(ConfigError::BadFramebuffer { .. })));
+    }
+
+    #[test]
+    fn a_message_with_an_extra_field_is_refused() {
+        // postcard is positional, so an unknown field shows up as bytes the
+        // message did not use.
+        #[derive(Serialize)]
+        struct Extra {
+            dx: i32,
+            dy: i32,
+            dz: i32,
+            buttons: u8,
+            sneaky: u8,
+        }
+        let extra = Extra { dx: 0, dy: 0, dz: 0, buttons: 0, sneaky: 1 };
+        // Positional: the extra byte is trailing garbage, refused.
+        let frame = encode(&extra).unwrap();
+        assert!(matches!(decode::<PointerEvent>(&frame), Err(DecodeError::TrailingBytes { extra: 1 })));
+    }
+}
