@@ -297,3 +297,71 @@ const SYSCALL_NAMES: &[(i64, &str)] = &[
     (libc::SYS_pidfd_getfd, "pidfd_getfd"),
     (libc::SYS_faccessat2, "faccessat2"),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_the_documented_numbers_and_round_trip() {
+        let codes: Vec<i32> = WorkerExit::ALL.iter().map(|e| e.code()).collect();
+        assert_eq!(codes, [0, 64, 65, 66, 67, 101]);
+        for e in WorkerExit::ALL {
+            assert_eq!(WorkerExit::from_code(e.code()), Some(e));
+        }
+        assert_eq!(WorkerExit::from_code(1), None);
+    }
+
+    #[test]
+    fn outcome_distinguishes_known_codes_unknown_codes_and_signals() {
+        assert_eq!(
+            WorkerOutcome::from_status(ExitStatus::from_raw(67 << 8)),
+            WorkerOutcome::Exited(WorkerExit::SeccompViolation)
+        );
+        assert_eq!(
+            WorkerOutcome::from_status(ExitStatus::from_raw(3 << 8)),
+            WorkerOutcome::UnknownCode(3)
+        );
+        assert_eq!(
+            WorkerOutcome::from_status(ExitStatus::from_raw(libc::SIGKILL)),
+            WorkerOutcome::Signaled(libc::SIGKILL)
+        );
+    }
+
+    #[test]
+    fn seccomp_report_formats_and_parses_back() {
+        let mut buf = [0u8; SECCOMP_REPORT_MAX];
+        let line = format_seccomp_report(libc::SYS_openat, &mut buf);
+        assert_eq!(line, b"bulkhead-worker: seccomp violation: syscall 257\n");
+        let stderr = format!("some log\n{}other\n", std::str::from_utf8(line).unwrap());
+        assert_eq!(parse_seccomp_report(&stderr), Some(257));
+        let mut buf = [0u8; SECCOMP_REPORT_MAX];
+        let extreme = format_seccomp_report(i64::MIN, &mut buf).to_vec();
+        assert_eq!(
+            parse_seccomp_report(std::str::from_utf8(&extreme).unwrap()),
+            Some(i64::MIN)
+        );
+        assert_eq!(parse_seccomp_report("no report here\n"), None);
+        assert_eq!(
+            parse_seccomp_report(&format!("{SECCOMP_REPORT_PREFIX}x\n")),
+            None
+        );
+    }
+
+    #[test]
+    fn forbidden_syscalls_have_names() {
+        for (nr, name) in [
+            (2, "open"),
+            (257, "openat"),
+            (41, "socket"),
+            (42, "connect"),
+            (59, "execve"),
+        ] {
+            assert_eq!(syscall_name(nr), Some(name));
+        }
+        assert_eq!(syscall_name(101), Some("ptrace"));
+        assert_eq!(syscall_name(62), Some("kill"));
+        assert_eq!(syscall_name(56), Some("clone"));
+        assert_eq!(syscall_name(100_000), None);
+    }
+}

@@ -43,3 +43,14 @@ pub const ALL: [(RawFd, &str); 6] = [
     (INITRD, "initrd"),
     (FIRMWARE, "firmware"),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_numbers_are_distinct_consecutive_and_above_stdio() {
+        let numbers: Vec<RawFd> = ALL.iter().map(|&(fd, _)| fd).collect();
+        assert_eq!(numbers, (3..FIRST_EXTRA).collect::<Vec<_>>());
+    }
+}

@@ -300,16 +300,24 @@ mod tests {
         assert_eq!(read_hello(&mut r).unwrap(), Hello::current());
         assert_eq!(read_frame::<ToWorker>(&mut r).unwrap(), ToWorker::Pause);
         assert_eq!(read_frame::<ToWorker>(&mut r).unwrap(), ToWorker::Shutdown);
-        assert!(matches!(read_frame::<ToWorker>(&mut r), Err(ReadError::Closed)));
+        assert!(matches!(
+            read_frame::<ToWorker>(&mut r),
+            Err(ReadError::Closed)
+        ));
     }
 
     #[test]
     fn oversized_length_is_refused_before_allocating() {
         let mut wire = u32::MAX.to_le_bytes().to_vec();
         wire.extend_from_slice(&[0; 16]);
-        let mut r = Stingy { data: &wire, largest_request: 0 };
+        let mut r = Stingy {
+            data: &wire,
+            largest_request: 0,
+        };
         let err = read_frame::<ToWorker>(&mut r).unwrap_err();
-        assert!(matches!(err, ReadError::Decode(DecodeError::TooLarge { len }) if len == u64::from(u32::MAX)));
+        assert!(
+            matches!(err, ReadError::Decode(DecodeError::TooLarge { len }) if len == u64::from(u32::MAX))
+        );
         assert_eq!(r.largest_request, PREFIX_LEN);
     }
 
@@ -318,7 +326,9 @@ mod tests {
         assert!(body_len((MAX_FRAME as u32).to_le_bytes()).is_ok());
         assert_eq!(
             body_len((MAX_FRAME as u32 + 1).to_le_bytes()),
-            Err(DecodeError::TooLarge { len: MAX_FRAME as u64 + 1 })
+            Err(DecodeError::TooLarge {
+                len: MAX_FRAME as u64 + 1
+            })
         );
     }
 
@@ -332,48 +342,86 @@ mod tests {
     fn eof_inside_the_prefix_is_truncated_not_closed() {
         let mut r: &[u8] = &[5, 0];
         let err = read_frame::<ToWorker>(&mut r).unwrap_err();
-        assert!(matches!(err, ReadError::Decode(DecodeError::Truncated { needed: 4, got: 2 })));
+        assert!(matches!(
+            err,
+            ReadError::Decode(DecodeError::Truncated { needed: 4, got: 2 })
+        ));
     }
 
     #[test]
     fn eof_inside_the_body_is_truncated() {
-        let frame = encode(&FromWorker::Guest(GuestEvent::TripleFault { eip: 0x1234_5678 })).unwrap();
+        let frame = encode(&FromWorker::Guest(GuestEvent::TripleFault {
+            eip: 0x1234_5678,
+        }))
+        .unwrap();
         let mut r = &frame[..frame.len() - 1];
         let err = read_frame::<FromWorker>(&mut r).unwrap_err();
-        assert!(matches!(err, ReadError::Decode(DecodeError::Truncated { .. })), "{err:?}");
-        assert!(matches!(decode::<FromWorker>(&frame[..frame.len() - 1]), Err(DecodeError::Truncated { .. })));
+        assert!(
+            matches!(err, ReadError::Decode(DecodeError::Truncated { .. })),
+            "{err:?}"
+        );
+        assert!(matches!(
+            decode::<FromWorker>(&frame[..frame.len() - 1]),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 
     #[test]
     fn bytes_after_the_frame_or_message_are_refused() {
         let mut frame = encode(&ToWorker::Start).unwrap();
         frame.push(0);
-        assert_eq!(decode::<ToWorker>(&frame), Err(DecodeError::TrailingBytes { extra: 1 }));
+        assert_eq!(
+            decode::<ToWorker>(&frame),
+            Err(DecodeError::TrailingBytes { extra: 1 })
+        );
         // A body with a complete message and then more.
-        assert_eq!(decode_body::<ToWorker>(&[0, 0]), Err(DecodeError::TrailingBytes { extra: 1 }));
+        assert_eq!(
+            decode_body::<ToWorker>(&[0, 0]),
+            Err(DecodeError::TrailingBytes { extra: 1 })
+        );
     }
 
     #[test]
     fn garbage_body_is_a_postcard_error() {
         let mut frame = 1u32.to_le_bytes().to_vec();
         frame.push(0xFF);
-        assert!(matches!(decode::<ToWorker>(&frame), Err(DecodeError::Postcard(_))));
+        assert!(matches!(
+            decode::<ToWorker>(&frame),
+            Err(DecodeError::Postcard(_))
+        ));
     }
 
     #[test]
     fn bad_magic_is_refused() {
-        let hello = Hello { magic: *b"NOTBULKH", version: PROTOCOL_VERSION };
-        assert_eq!(check_hello(&hello), Err(HelloError::BadMagic { found: *b"NOTBULKH" }));
+        let hello = Hello {
+            magic: *b"NOTBULKH",
+            version: PROTOCOL_VERSION,
+        };
+        assert_eq!(
+            check_hello(&hello),
+            Err(HelloError::BadMagic {
+                found: *b"NOTBULKH"
+            })
+        );
         let wire = encode(&hello).unwrap();
-        assert!(matches!(read_hello(&mut wire.as_slice()), Err(ReadError::Hello(HelloError::BadMagic { .. }))));
+        assert!(matches!(
+            read_hello(&mut wire.as_slice()),
+            Err(ReadError::Hello(HelloError::BadMagic { .. }))
+        ));
     }
 
     #[test]
     fn version_mismatch_is_refused() {
-        let hello = Hello { magic: HELLO_MAGIC, version: PROTOCOL_VERSION + 1 };
+        let hello = Hello {
+            magic: HELLO_MAGIC,
+            version: PROTOCOL_VERSION + 1,
+        };
         assert_eq!(
             check_hello(&hello),
-            Err(HelloError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: PROTOCOL_VERSION + 1 })
+            Err(HelloError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: PROTOCOL_VERSION + 1
+            })
         );
     }
 
@@ -397,11 +445,17 @@ mod tests {
     fn decoder_refuses_oversized_length_without_buffering_the_body() {
         let mut dec = FrameDecoder::new();
         dec.push(&(MAX_FRAME as u32 + 1).to_le_bytes());
-        assert!(matches!(dec.next_frame(), Some(Err(DecodeError::TooLarge { .. }))));
+        assert!(matches!(
+            dec.next_frame(),
+            Some(Err(DecodeError::TooLarge { .. }))
+        ));
         dec.push(&[0; 1024]);
         assert_eq!(dec.buffered(), 0);
         // It stays failed: framing is lost.
-        assert!(matches!(dec.next_frame(), Some(Err(DecodeError::TooLarge { .. }))));
+        assert!(matches!(
+            dec.next_frame(),
+            Some(Err(DecodeError::TooLarge { .. }))
+        ));
     }
 
     #[test]
@@ -412,7 +466,10 @@ mod tests {
         assert!(dec.next_frame().is_none());
         assert!(!dec.is_at_boundary());
         dec.push(&frame[2..]);
-        assert_eq!(dec.next_message::<ToWorker>(), Some(Ok(ToWorker::QueryStats)));
+        assert_eq!(
+            dec.next_message::<ToWorker>(),
+            Some(Ok(ToWorker::QueryStats))
+        );
         assert!(dec.next_frame().is_none());
     }
 }

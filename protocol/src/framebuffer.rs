@@ -227,6 +227,8 @@ pub struct FbWriter {
     mode: Option<VideoMode>,
     /// The odd sequence number of an open `begin`.
     open_seq: Option<u64>,
+    /// The next commit marks every tile dirty.
+    mode_changed: bool,
 }
 
 impl FbWriter {
@@ -240,6 +242,7 @@ impl FbWriter {
             map,
             mode: None,
             open_seq: None,
+            mode_changed: false,
         };
         w.begin();
         let h = w.map.header();
@@ -267,8 +270,11 @@ impl FbWriter {
         self.mode
     }
 
-    /// Switches to a `width` x `height` x8r8g8b8 mode (packed rows) and
-    /// publishes it as a frame with every tile dirty.
+    /// Switches to a `width` x `height` x8r8g8b8 mode (packed rows) with
+    /// every tile dirty. Outside an update it publishes the change as a frame
+    /// at once; inside one (after [`begin`](FbWriter::begin)) it waits for
+    /// the [`commit`](FbWriter::commit), so readers see the new mode only
+    /// with the pixels drawn for it.
     pub fn set_mode(&mut self, width: u32, height: u32) -> Result<VideoMode, FbError> {
         check_size(width, height)?;
         let stride = width * 4;
@@ -287,6 +293,7 @@ impl FbWriter {
             stride,
             format: PixelFormat::X8R8G8B8,
         };
+        let inside_update = self.open_seq.is_some();
         self.begin();
         let h = self.map.header();
         h.format.store(mode.format.to_raw(), Ordering::Relaxed);
@@ -294,7 +301,10 @@ impl FbWriter {
         h.height.store(height, Ordering::Relaxed);
         h.stride.store(stride, Ordering::Relaxed);
         self.mode = Some(mode);
-        self.commit(&DirtyTiles::all(width, height));
+        self.mode_changed = true;
+        if !inside_update {
+            self.commit(&DirtyTiles::new());
+        }
         Ok(mode)
     }
 
@@ -329,6 +339,11 @@ impl FbWriter {
     /// closes the update (opening one first if needed).
     pub fn commit(&mut self, dirty: &DirtyTiles) {
         self.begin();
+        let dirty = match (self.mode_changed, self.mode) {
+            (true, Some(m)) => DirtyTiles::all(m.width, m.height),
+            _ => *dirty,
+        };
+        self.mode_changed = false;
         let h = self.map.header();
         for (slot, &row) in h.dirty.iter().zip(&dirty.rows) {
             slot.store(row, Ordering::Relaxed);
@@ -543,4 +558,281 @@ pub fn encode_png(frame: &Frame) -> Result<Vec<u8>, FbError> {
     w.write_image_data(&rgb)?;
     w.finish()?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    fn writer_reader(max_w: u32, max_h: u32) -> (FbWriter, FbReader) {
+        let fd = create(max_w, max_h).unwrap();
+        (FbWriter::new(&fd).unwrap(), FbReader::open(&fd).unwrap())
+    }
+
+    #[test]
+    fn created_memfd_is_sized_and_sealed_but_writable() {
+        let fd = create(640, 480).unwrap();
+        assert_eq!(sys::file_len(fd.as_fd()).unwrap(), 4096 + 640 * 480 * 4);
+        let seals = sys::get_seals(fd.as_fd()).unwrap();
+        assert_eq!(seals & REQUIRED_SEALS, REQUIRED_SEALS);
+        assert_eq!(seals & libc::F_SEAL_WRITE, 0);
+        assert!(
+            sys::set_len(fd.as_fd(), 4096).is_err(),
+            "shrinking must be refused"
+        );
+        assert!(
+            sys::set_len(fd.as_fd(), 1 << 30).is_err(),
+            "growing must be refused"
+        );
+    }
+
+    #[test]
+    fn size_is_page_rounded_and_bounded() {
+        assert_eq!(buffer_len(3, 1).unwrap(), 4096 + 4096);
+        assert!(matches!(buffer_len(0, 10), Err(FbError::BadSize { .. })));
+        assert!(matches!(
+            buffer_len(MAX_DIMENSION + 1, 10),
+            Err(FbError::BadSize { .. })
+        ));
+    }
+
+    #[test]
+    fn reader_sees_no_mode_before_set_mode() {
+        let (_w, r) = writer_reader(64, 64);
+        assert!(matches!(r.snapshot(), Err(FbError::NoMode)));
+    }
+
+    #[test]
+    fn snapshot_returns_the_committed_pixels_and_mode() {
+        let (mut w, r) = writer_reader(640, 480);
+        let mode = w.set_mode(320, 200).unwrap();
+        assert_eq!(mode.stride, 1280);
+        let px = w.pixels_mut();
+        assert_eq!(px.len(), 320 * 200 * 4);
+        px[..4].copy_from_slice(&0x00FF_8040u32.to_le_bytes());
+        let mut dirty = DirtyTiles::new();
+        dirty.mark_rect(0, 0, 1, 1);
+        w.commit(&dirty);
+        let f = r.snapshot().unwrap();
+        assert_eq!(
+            (f.width, f.height, f.stride, f.format),
+            (320, 200, 1280, PixelFormat::X8R8G8B8)
+        );
+        assert_eq!(f.frame_counter, 2, "set_mode and commit each count a frame");
+        assert_eq!(&f.pixels[..4], &[0x40, 0x80, 0xFF, 0x00]);
+        assert_eq!(f.dirty.iter().collect::<Vec<_>>(), [(0, 0)]);
+        assert_eq!(r.frame_counter(), 2);
+    }
+
+    #[test]
+    fn set_mode_larger_than_the_buffer_is_refused() {
+        let (mut w, _r) = writer_reader(320, 200);
+        assert!(matches!(
+            w.set_mode(640, 480),
+            Err(FbError::ModeTooLarge { .. })
+        ));
+        assert!(w.mode().is_none());
+    }
+
+    #[test]
+    fn reader_refuses_an_unsealed_memfd() {
+        let fd = sys::memfd_create_sealable(c"unsealed").unwrap();
+        sys::set_len(fd.as_fd(), 8192).unwrap();
+        let err = FbReader::open(&fd).unwrap_err();
+        assert!(
+            matches!(err, FbError::NotSealed { missing, .. } if missing == REQUIRED_SEALS),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn reader_refuses_a_partly_sealed_memfd() {
+        let fd = sys::memfd_create_sealable(c"partly").unwrap();
+        sys::set_len(fd.as_fd(), 8192).unwrap();
+        sys::add_seals(fd.as_fd(), libc::F_SEAL_GROW | libc::F_SEAL_SEAL).unwrap();
+        let err = FbReader::open(&fd).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FbError::NotSealed {
+                    missing: libc::F_SEAL_SHRINK,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn reader_rejects_a_hostile_header_larger_than_the_mapping() {
+        let (mut w, r) = writer_reader(64, 64);
+        w.set_mode(64, 64).unwrap();
+        let h = w.raw_header();
+        h.width.store(4096, Ordering::Relaxed);
+        h.height.store(4096, Ordering::Relaxed);
+        h.stride.store(4096 * 4, Ordering::Relaxed);
+        assert!(matches!(
+            r.snapshot(),
+            Err(FbError::BadMode { width: 4096, .. })
+        ));
+    }
+
+    #[test]
+    fn reader_rejects_hostile_stride_format_magic_and_version() {
+        let (mut w, r) = writer_reader(64, 64);
+        w.set_mode(64, 64).unwrap();
+        let h = w.raw_header();
+        // A stride shorter than a row would make rows overlap.
+        h.stride.store(4, Ordering::Relaxed);
+        assert!(matches!(r.snapshot(), Err(FbError::BadMode { .. })));
+        // A huge stride with one row still has to end inside the mapping.
+        h.stride.store(u32::MAX - 3, Ordering::Relaxed);
+        h.height.store(2, Ordering::Relaxed);
+        assert!(matches!(r.snapshot(), Err(FbError::BadMode { .. })));
+        h.stride.store(257, Ordering::Relaxed);
+        assert!(
+            matches!(r.snapshot(), Err(FbError::BadMode { .. })),
+            "unaligned stride"
+        );
+        h.stride.store(256, Ordering::Relaxed);
+        h.height.store(64, Ordering::Relaxed);
+        h.format.store(7, Ordering::Relaxed);
+        assert!(matches!(r.snapshot(), Err(FbError::BadFormat(7))));
+        h.format.store(1, Ordering::Relaxed);
+        h.version.store(9, Ordering::Relaxed);
+        assert!(matches!(r.snapshot(), Err(FbError::BadVersion(9))));
+        h.magic.store(0, Ordering::Relaxed);
+        assert!(matches!(r.snapshot(), Err(FbError::BadMagic(0))));
+        h.magic.store(FB_MAGIC, Ordering::Relaxed);
+        h.version.store(FB_VERSION, Ordering::Relaxed);
+        assert!(r.snapshot().is_ok());
+    }
+
+    #[test]
+    fn a_sequence_stuck_odd_gives_a_torn_error_not_a_hang() {
+        let (mut w, r) = writer_reader(64, 64);
+        w.set_mode(64, 64).unwrap();
+        w.begin();
+        assert!(matches!(
+            r.snapshot_with_attempts(20),
+            Err(FbError::Torn { attempts: 20 })
+        ));
+        w.commit(&DirtyTiles::new());
+        assert!(r.snapshot_with_attempts(1).is_ok());
+    }
+
+    #[test]
+    fn torn_reads_are_retried_until_the_writer_commits() {
+        let (mut w, r) = writer_reader(64, 64);
+        w.set_mode(64, 64).unwrap();
+        w.begin();
+        let committer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            w.commit(&DirtyTiles::new());
+            w
+        });
+        let f = r.snapshot().unwrap();
+        let w = committer.join().unwrap();
+        assert_eq!(f.frame_counter, w.frame_counter());
+    }
+
+    #[test]
+    fn concurrent_mode_changes_never_yield_a_mixed_header() {
+        let (mut w, r) = writer_reader(256, 256);
+        w.set_mode(256, 16).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        // The writer flips between two modes and fills each with its own
+        // colour, bumping the sequence continuously.
+        let writer = std::thread::spawn(move || {
+            let mut i = 0u32;
+            while !stop2.load(Ordering::Relaxed) {
+                let (width, height, colour) = if i.is_multiple_of(2) {
+                    (16, 256, 0x11)
+                } else {
+                    (256, 16, 0x22)
+                };
+                w.begin();
+                w.set_mode(width, height).unwrap();
+                w.pixels_mut().fill(colour);
+                w.commit(&DirtyTiles::all(width, height));
+                i += 1;
+            }
+        });
+        for _ in 0..200 {
+            let f = r.snapshot_with_attempts(10_000).unwrap();
+            if f.frame_counter == 1 {
+                continue; // the first mode, before the writer thread ran
+            }
+            let colour = if f.width == 16 { 0x11 } else { 0x22 };
+            assert_eq!(f.width * f.height, 4096);
+            assert_eq!(f.pixels.len(), 4096 * 4);
+            // The pixels are the ones drawn for the mode the header names.
+            assert!(f.pixels.iter().all(|&b| b == colour));
+            assert_eq!(f.dirty, DirtyTiles::all(f.width, f.height));
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn dirty_tiles_mark_rectangles_and_clip() {
+        let mut d = DirtyTiles::new();
+        d.mark_rect(63, 0, 2, 1);
+        assert_eq!(d.iter().collect::<Vec<_>>(), [(0, 0), (1, 0)]);
+        let all = DirtyTiles::all(MAX_DIMENSION, MAX_DIMENSION);
+        assert!(all.rows.iter().all(|&r| r == u64::MAX));
+        let mut clipped = DirtyTiles::new();
+        clipped.mark_rect(MAX_DIMENSION - 1, MAX_DIMENSION - 1, 1000, 1000);
+        assert_eq!(clipped.iter().collect::<Vec<_>>(), [(63, 63)]);
+        clipped.mark_rect(MAX_DIMENSION, 0, 10, 10);
+        assert_eq!(clipped.iter().count(), 1);
+    }
+
+    #[test]
+    fn png_of_a_snapshot_decodes_to_the_same_rgb() {
+        let (mut w, r) = writer_reader(8, 4);
+        w.set_mode(3, 2).unwrap();
+        let colours: [u32; 6] = [
+            0x00FF_0000,
+            0x0000_FF00,
+            0x0000_00FF,
+            0x00FF_FFFF,
+            0x0000_0000,
+            0x0012_3456,
+        ];
+        for (px, c) in w.pixels_mut().chunks_exact_mut(4).zip(colours) {
+            px.copy_from_slice(&c.to_le_bytes());
+        }
+        w.commit(&DirtyTiles::all(3, 2));
+        let png_bytes = encode_png(&r.snapshot().unwrap()).unwrap();
+        let mut reader = png::Decoder::new(png_bytes.as_slice()).read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!(
+            (info.width, info.height, info.color_type),
+            (3, 2, png::ColorType::Rgb)
+        );
+        let expected: Vec<u8> = colours
+            .iter()
+            .flat_map(|c| [(c >> 16) as u8, (c >> 8) as u8, *c as u8])
+            .collect();
+        assert_eq!(&buf[..info.buffer_size()], expected.as_slice());
+    }
+
+    #[test]
+    fn png_of_an_inconsistent_frame_is_an_error() {
+        let f = Frame {
+            width: 2,
+            height: 2,
+            stride: 8,
+            format: PixelFormat::X8R8G8B8,
+            frame_counter: 0,
+            dirty: DirtyTiles::new(),
+            pixels: vec![0; 3],
+        };
+        assert!(matches!(encode_png(&f), Err(FbError::BadFrame { .. })));
+    }
 }

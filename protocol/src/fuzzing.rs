@@ -73,10 +73,24 @@ pub fn sample_to_worker() -> Vec<ToWorker> {
         ToWorker::Resume,
         ToWorker::Reset,
         ToWorker::PowerButton,
-        ToWorker::Key(KeyEvent { key: Set2Key::extended(0x75).expect("up arrow"), pressed: true }),
-        ToWorker::Key(KeyEvent { key: Set2Key::PAUSE, pressed: false }),
-        ToWorker::Pointer(PointerEvent { dx: -5, dy: 300, dz: -1, buttons: 0b101 }),
-        ToWorker::SerialInput { port: 0, bytes: SerialBytes::new(b"root\n".to_vec()).expect("short") },
+        ToWorker::Key(KeyEvent {
+            key: Set2Key::extended(0x75).expect("up arrow"),
+            pressed: true,
+        }),
+        ToWorker::Key(KeyEvent {
+            key: Set2Key::PAUSE,
+            pressed: false,
+        }),
+        ToWorker::Pointer(PointerEvent {
+            dx: -5,
+            dy: 300,
+            dz: -1,
+            buttons: 0b101,
+        }),
+        ToWorker::SerialInput {
+            port: 0,
+            bytes: SerialBytes::new(b"root\n".to_vec()).expect("short"),
+        },
         ToWorker::QueryStats,
         ToWorker::Shutdown,
     ]
@@ -84,13 +98,26 @@ pub fn sample_to_worker() -> Vec<ToWorker> {
 
 /// One of every [`FromWorker`] variant (and every nested enum variant).
 pub fn sample_from_worker() -> Vec<FromWorker> {
-    use crate::messages::{GuestEvent, LogLevel, LogLine, PixelFormat, ReadyInfo, Stats, VideoMode, VmState};
-    let mode = VideoMode { width: 1024, height: 768, stride: 4096, format: PixelFormat::X8R8G8B8 };
+    use crate::messages::{
+        GuestEvent, LogLevel, LogLine, PixelFormat, ReadyInfo, Stats, VideoMode, VmState,
+    };
+    let mode = VideoMode {
+        width: 1024,
+        height: 768,
+        stride: 4096,
+        format: PixelFormat::X8R8G8B8,
+    };
     let mut log = LogLine::new(LogLevel::Warn, "i8042: unknown command 0xd4 (rate-limited)");
     log.dropped = 17;
     vec![
-        FromWorker::Ready(ReadyInfo { ram_mib: 256, video_mode: Some(mode) }),
-        FromWorker::Ready(ReadyInfo { ram_mib: 64, video_mode: None }),
+        FromWorker::Ready(ReadyInfo {
+            ram_mib: 256,
+            video_mode: Some(mode),
+        }),
+        FromWorker::Ready(ReadyInfo {
+            ram_mib: 64,
+            video_mode: None,
+        }),
         FromWorker::State(VmState::Running),
         FromWorker::State(VmState::Paused),
         FromWorker::State(VmState::Halted),
@@ -125,8 +152,14 @@ pub fn sample_config() -> WorkerConfig {
             initrd_fd: Some(fds::INITRD),
             cmdline: "console=ttyS0 quiet".into(),
         },
-        framebuffer: Some(FramebufferSize { width: 1024, height: 768 }),
+        framebuffer: Some(FramebufferSize {
+            width: 1024,
+            height: 768,
+        }),
         serial: true,
-        debug: DebugFlags { debug_exit: true, ..DebugFlags::default() },
+        debug: DebugFlags {
+            debug_exit: true,
+            ..DebugFlags::default()
+        },
     }
 }

@@ -522,7 +522,10 @@ mod tests {
         let hello = Hello::current();
         assert_eq!(decode::<Hello>(&encode(&hello).unwrap()).unwrap(), hello);
         let config = sample_config();
-        assert_eq!(decode::<WorkerConfig>(&encode(&config).unwrap()).unwrap(), config);
+        assert_eq!(
+            decode::<WorkerConfig>(&encode(&config).unwrap()).unwrap(),
+            config
+        );
     }
 
     #[test]
@@ -543,9 +546,17 @@ mod tests {
             _VideoMode,
             _Stats,
             _Guest,
-            Log { level: LogLevel, text: String, dropped: u32 },
+            Log {
+                level: LogLevel,
+                text: String,
+                dropped: u32,
+            },
         }
-        let forged = Forged::Log { level: LogLevel::Info, text: "x".repeat(LogText::MAX + 1), dropped: 0 };
+        let forged = Forged::Log {
+            level: LogLevel::Info,
+            text: "x".repeat(LogText::MAX + 1),
+            dropped: 0,
+        };
         let err = decode::<FromWorker>(&encode(&forged).unwrap()).unwrap_err();
         assert!(matches!(err, DecodeError::Postcard(_)), "{err:?}");
     }
@@ -563,7 +574,10 @@ mod tests {
             _Pointer,
             SerialInput { port: u8, bytes: Vec<u8> },
         }
-        let forged = Forged::SerialInput { port: 0, bytes: vec![b'a'; SerialBytes::MAX + 1] };
+        let forged = Forged::SerialInput {
+            port: 0,
+            bytes: vec![b'a'; SerialBytes::MAX + 1],
+        };
         assert!(decode::<ToWorker>(&encode(&forged).unwrap()).is_err());
         assert!(SerialBytes::new(vec![0; SerialBytes::MAX]).is_some());
     }
@@ -607,8 +621,19 @@ mod tests {
     #[test]
     fn config_validation_refuses_wrong_fds_ram_and_cmdline() {
         let mut c = sample_config();
-        c.boot = BootSource::Linux { kernel_fd: 0, initrd_fd: None, cmdline: String::new() };
-        assert!(matches!(c.validate(), Err(ConfigError::BadFd { what: "kernel", fd: 0, .. })));
+        c.boot = BootSource::Linux {
+            kernel_fd: 0,
+            initrd_fd: None,
+            cmdline: String::new(),
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::BadFd {
+                what: "kernel",
+                fd: 0,
+                ..
+            })
+        ));
         let mut c = sample_config();
         c.ram_mib = 0;
         assert_eq!(c.validate(), Err(ConfigError::BadRam(0)));
@@ -620,8 +645,14 @@ mod tests {
         };
         assert!(matches!(c.validate(), Err(ConfigError::CmdlineTooLong(_))));
         let mut c = sample_config();
-        c.framebuffer = Some(FramebufferSize { width: 0, height: 480 });
-        assert!(matches!(c.validate(), Err(ConfigError::BadFramebuffer { .. })));
+        c.framebuffer = Some(FramebufferSize {
+            width: 0,
+            height: 480,
+        });
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::BadFramebuffer { .. })
+        ));
     }
 
     #[test]
@@ -636,9 +667,18 @@ mod tests {
             buttons: u8,
             sneaky: u8,
         }
-        let extra = Extra { dx: 0, dy: 0, dz: 0, buttons: 0, sneaky: 1 };
+        let extra = Extra {
+            dx: 0,
+            dy: 0,
+            dz: 0,
+            buttons: 0,
+            sneaky: 1,
+        };
         // Positional: the extra byte is trailing garbage, refused.
         let frame = encode(&extra).unwrap();
-        assert!(matches!(decode::<PointerEvent>(&frame), Err(DecodeError::TrailingBytes { extra: 1 })));
+        assert!(matches!(
+            decode::<PointerEvent>(&frame),
+            Err(DecodeError::TrailingBytes { extra: 1 })
+        ));
     }
 }
