@@ -306,6 +306,36 @@ mod tests {
         ));
     }
 
+    /// Returns `EINTR` before every successful read.
+    struct Interrupting<'a> {
+        data: &'a [u8],
+        interrupt_next: bool,
+    }
+
+    impl Read for Interrupting<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.interrupt_next = !self.interrupt_next;
+            if !self.interrupt_next {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = buf.len().min(self.data.len()).min(3);
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn interrupted_reads_are_retried() {
+        let frame = encode(&FromWorker::Guest(GuestEvent::DebugExit(7))).unwrap();
+        let mut r = Interrupting {
+            data: &frame,
+            interrupt_next: true,
+        };
+        let msg = read_frame::<FromWorker>(&mut r).unwrap();
+        assert_eq!(msg, FromWorker::Guest(GuestEvent::DebugExit(7)));
+    }
+
     #[test]
     fn oversized_length_is_refused_before_allocating() {
         let mut wire = u32::MAX.to_le_bytes().to_vec();

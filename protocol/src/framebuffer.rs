@@ -648,6 +648,18 @@ mod tests {
     }
 
     #[test]
+    fn reader_refuses_a_descriptor_that_is_not_a_memfd() {
+        let (read_end, _write_end) = std::io::pipe().unwrap();
+        assert!(matches!(
+            FbReader::open(&read_end),
+            Err(FbError::Io {
+                op: "F_GET_SEALS",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn reader_refuses_a_partly_sealed_memfd() {
         let fd = sys::memfd_create_sealable(c"partly").unwrap();
         sys::set_len(fd.as_fd(), 8192).unwrap();

@@ -20,7 +20,10 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         .expect("corpus directory")
         .map(|e| {
             let e = e.unwrap();
-            (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
         })
         .collect();
     files.sort();
@@ -33,7 +36,10 @@ fn every_corpus_file_goes_through_the_fuzz_target() {
     assert!(files.len() >= 15, "only {} corpus files", files.len());
     for (name, data) in &files {
         let outcome = std::panic::catch_unwind(|| decode_frames(data));
-        assert!(outcome.is_ok(), "fuzz target panicked on corpus file {name}");
+        assert!(
+            outcome.is_ok(),
+            "fuzz target panicked on corpus file {name}"
+        );
     }
 }
 
@@ -70,9 +76,16 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     let mut oversized = u32::MAX.to_le_bytes().to_vec();
     oversized.extend_from_slice(b"garbage after an absurd length");
     s.push(("oversized-length".into(), oversized));
-    s.push(("length-cap-plus-one".into(), ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec()));
+    s.push((
+        "length-cap-plus-one".into(),
+        ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec(),
+    ));
     s.push(("empty-frame".into(), vec![0, 0, 0, 0]));
-    let mut bad_magic = encode(&Hello { magic: *b"BULKHEAX", version: 1 }).unwrap();
+    let mut bad_magic = encode(&Hello {
+        magic: *b"BULKHEAX",
+        version: 1,
+    })
+    .unwrap();
     bad_magic.extend(encode(&ToWorker::Start).unwrap());
     s.push(("bad-magic-hello".into(), bad_magic));
     let mut trailing = encode(&ToWorker::Pause).unwrap();
@@ -80,8 +93,13 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     trailing.push(0xAA);
     s.push(("trailing-byte-in-body".into(), trailing));
     s.push(("bad-variant".into(), vec![1, 0, 0, 0, 0x7F]));
-    s.push(("overlong-varint".into(), vec![6, 0, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]));
-    let garbage: Vec<u8> = (0u32..256).map(|i| (i.wrapping_mul(0x9E37_79B9) >> 13) as u8).collect();
+    s.push((
+        "overlong-varint".into(),
+        vec![6, 0, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01],
+    ));
+    let garbage: Vec<u8> = (0u32..256)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9) >> 13) as u8)
+        .collect();
     s.push(("garbage".into(), garbage));
     s
 }
