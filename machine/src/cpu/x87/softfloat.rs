@@ -1085,6 +1085,32 @@ pub fn extract(env: &mut Env, a: F80) -> (F80, F80) {
     (from_i64(e as i64), F80::new(s, BIAS as u16, m))
 }
 
+// ---- wide results for the transcendental functions ----
+
+/// Rounds `m / 2^127 * 2^e` (any `m`, normalized here) to 64 bits, no
+/// precision control.
+pub(super) fn pack_wide(env: &mut Env, sign: bool, e: i32, m: u128) -> F80 {
+    round_pack64(env, sign, e, m)
+}
+
+/// `a * (m / 2^127 * 2^e)` for a finite nonzero `a`, with one rounding
+/// (to 64 bits; precision control does not apply to these instructions).
+pub(super) fn mul_wide(env: &mut Env, a: F80, sign: bool, e: i32, m: u128) -> F80 {
+    let sign = a.sign() ^ sign;
+    if m == 0 {
+        return F80::ZERO.with_sign(sign);
+    }
+    let (_, ea, ma) = a.unpack();
+    let lz = m.leading_zeros();
+    let (m, e) = (m << lz, e - lz as i32);
+    let ma = ma as u128;
+    let p1 = ma * (m >> 64);
+    let p0 = ma * (m & u64::MAX as u128);
+    let top = p1 + (p0 >> 64);
+    let sticky = (p0 as u64 != 0) as u128;
+    round_pack64(env, sign, ea + e + 1, top | sticky)
+}
+
 // ---- host-float bridges for the transcendental functions ----
 
 /// The nearest binary64 of a finite value, no flags (may be ±inf or 0
