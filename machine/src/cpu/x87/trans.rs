@@ -592,7 +592,7 @@ pub fn yl2xp1(env: &mut Env, y: F80, x: F80) -> F80 {
     let (_, ex, mx) = x.unpack();
     let p1 = mx as u128 * (f.mag >> 64);
     let p0 = mx as u128 * (f.mag & u64::MAX as u128);
-    let top = p1 + (p0 >> 64) | (p0 as u64 != 0) as u128;
+    let top = (p1 + (p0 >> 64)) | (p0 as u64 != 0) as u128;
     // x * f = mx/2^63 * 2^ex * mag/2^124 = top * 2^(ex - 123).
     let r = sf::mul_wide(env, y, x.sign() ^ f.neg, ex + 4, top);
     inexact(env, r)
