@@ -239,7 +239,8 @@ fn seg_of(r: Register) -> Seg {
 }
 
 impl Insn {
-    fn new(i: Instruction) -> Self {
+    fn new(mut i: Instruction) -> Self {
+        p6_alias(&mut i);
         let mut d = Insn {
             handler: select_handler(&i),
             i,
@@ -315,6 +316,21 @@ impl Insn {
     pub fn op0_is_reg(&self) -> bool {
         self.i.op0_kind() == OpKind::Register
     }
+}
+
+/// Encodings that later CPUs gave new meanings but a P6 executes as the
+/// old instruction with an ignored prefix: F3 0F BC/BD (TZCNT/LZCNT since
+/// BMI1/ABM) are REP BSF/BSR here. Compilers emit `rep bsf` on purpose
+/// (it is TZCNT where available and BSF elsewhere), so this matters.
+fn p6_alias(i: &mut Instruction) {
+    let code = match i.code() {
+        Code::Tzcnt_r16_rm16 => Code::Bsf_r16_rm16,
+        Code::Tzcnt_r32_rm32 => Code::Bsf_r32_rm32,
+        Code::Lzcnt_r16_rm16 => Code::Bsr_r16_rm16,
+        Code::Lzcnt_r32_rm32 => Code::Bsr_r32_rm32,
+        _ => return,
+    };
+    i.set_code(code);
 }
 
 /// Mnemonics that accept a LOCK prefix (with a memory destination).
