@@ -167,6 +167,53 @@ def ext_pc_and_binary():
     open('to_binary.txt', 'w').write("\n".join(lines) + "\n")
 
 
+def transcendental():
+    """`fn x.se x.sig y.se y.sig r.se r.sig`: correctly rounded (nearest)
+    results of the transcendental instructions, for a 1-ulp check."""
+    random.seed(2024)
+    mp.prec = 800
+
+    def enc(v):
+        s = v < 0
+        m, ex = mp.frexp(abs(v))
+        sig = int(nint(ldexp(m, 64)))
+        if sig >> 64:
+            sig >>= 1
+            ex += 1
+        return (s << 15) | (ex - 1 + 16383), sig
+
+    def rnd(lo, hi, neg=True):
+        e = random.randint(lo, hi)
+        s = neg and random.random() < 0.5
+        return val(s, e, random.getrandbits(64) | (1 << 63))
+
+    lines = []
+    one = mpf(1)
+    for _ in range(120):
+        x = rnd(-30, 62)
+        lines.append(('sin', x, one, mp.sin(x)))
+        x = rnd(-30, 62)
+        lines.append(('cos', x, one, mp.cos(x)))
+        x = rnd(-30, 40)
+        lines.append(('tan', x, one, mp.tan(x)))
+        y, x = rnd(-40, 40), rnd(-40, 40)
+        lines.append(('atan', x, y, mp.atan2(y, x)))
+        x, y = rnd(-16000, 16000, False), rnd(-5, 5)
+        lines.append(('yl2x', x, y, y * mp.log(x, 2)))
+        x, y = rnd(-60, -2), rnd(-5, 5)
+        lines.append(('yl2xp1', x, y, y * mp.log(1 + x, 2)))
+        x = rnd(-60, -1)
+        lines.append(('f2xm1', x, one, mp.power(2, x) - 1))
+    out = []
+    for f, x, y, r in lines:
+        xs, xm = enc(x)
+        ys, ym = enc(y)
+        rs, rm = enc(r)
+        out.append(f"{f} {xs:04x} {xm:016x} {ys:04x} {ym:016x} {rs:04x} {rm:016x}")
+    open('trans.txt', 'w').write("\n".join(out) + "\n")
+
+
 if __name__ == '__main__':
     ext64()
     ext_pc_and_binary()
+    transcendental()
