@@ -4,9 +4,10 @@
 //! They are evaluated in 128-bit fixed point ([`Fx`], 124 fraction bits)
 //! with series that converge well on a reduced argument, and the result is
 //! rounded once to the 64-bit significand:
-//! - sine and cosine: exact reduction of |x| < 2^63 modulo a 128-bit pi/2
-//!   (by long division, so the quadrant is exact), then Taylor series on
-//!   |r| <= pi/4; the tangent is their quotient;
+//! - sine and cosine: reduction of |x| < 2^63 modulo pi/2 by long division
+//!   with a 124-bit pi/2, corrected by the next 128 bits of pi/2 (so the
+//!   quadrant is exact and the remainder good to ~2^-124 absolute), then
+//!   Taylor series on |r| <= pi/4; the tangent is their quotient;
 //! - arctangent: t = min/max of |y|, |x|, reduced by atan(k/8) table
 //!   entries to |t'| <= 1/16, then its series; quadrant fix-ups with pi;
 //! - log2: the binary exponent plus 2 atanh((m-1)/(m+1)) / ln 2 with m in
@@ -15,13 +16,13 @@
 //!   rounding of the exact 192-bit product;
 //! - 2^x - 1 as x ln2 (1 + z/2! + z^2/3! + ...), z = x ln 2.
 //!
-//! Results are within about one unit in the last place of the extended
-//! result (the intermediate error is near 2^-120 of the result; the
-//! reduction of arguments near a multiple of pi/2 has an absolute error near
-//! 2^-124 times the quotient). A real x87 reduces with a 66-bit pi, so for
-//! large arguments it is the hardware that is less accurate. Outside the
-//! documented domains (F2XM1 beyond |x| <= 1, FYL2XP1 beyond |x| < 1/2) the
-//! result comes from the host's binary64 libm. Special operands (zeros,
+//! Results are within one unit in the last place of the extended result
+//! (checked against mpmath in the tests; the intermediate error is near
+//! 2^-120 of the result, more only for arguments within ~2^-60 of a
+//! multiple of pi/2). A real x87 reduces with a 66-bit pi, so for large
+//! arguments it is the hardware that is less accurate. Outside the
+//! documented domains, F2XM1 beyond |x| <= 1 comes from the host's binary64
+//! libm and FYL2XP1 beyond |x| < 1/2 takes log2 of the rounded 1 + x. Special operands (zeros,
 //! infinities, NaNs, the invalid and divide-by-zero cases) follow the SDM
 //! exactly. Every result that is not exact raises PE.
 
