@@ -676,3 +676,25 @@ fn fyl2x_fpatan_f2xm1_fscale_through_instructions() {
     assert_eq!(st(&c, 2), F80::new(false, 0x3FFE, 0xC90F_DAA2_2168_C235));
     assert_eq!(st(&c, 3), x(3.0));
 }
+
+#[test]
+fn non_waiting_control_instructions_ignore_a_pending_exception() {
+    let mut c = cpu();
+    c.set_cr0(c.cr0() | cr0::NE);
+    c.fpu.init();
+    poke(&mut c, DATA, &0x037Bu16.to_le_bytes()); // ZE unmasked
+    run_on(&mut c, |a| {
+        a.fldcw(word_ptr(DATA))?;
+        a.fldz()?;
+        a.fld1()?;
+        a.fdiv_2(st0, st1)?; // ZE pending
+        a.fnstsw(ax)?;
+        a.fnstenv(ptr(DATA + 0x10))?;
+        a.fninit()?;
+        a.fld1() // nothing pending any more
+    });
+    assert_eq!(c.eip(), CODE + 21);
+    assert_eq!(c.gpr(0) as u16 & 0x80FF, 0x8084);
+    assert_eq!(st(&c, 0), F80::ONE);
+    assert_eq!(c.fpu_status_word(), 7 << 11);
+}
