@@ -88,6 +88,8 @@ fn width(i: &Instruction, op: u32) -> u32 {
     }
 }
 
+/// The handler for an ALU instruction, instantiated for its operation,
+/// width and operand form; `None` for every other instruction.
 pub(super) fn handler(i: &Instruction) -> Option<Handler> {
     use Mnemonic as M;
     let w = width(i, 0);
@@ -538,7 +540,6 @@ fn shift_value<const K: u8, const W: u32>(cpu: &mut Cpu, a: u32, count: u32) -> 
     let bits = W * 8;
     let m = size_mask(W);
     let msb = |v: u32| (v >> (bits - 1)) & 1;
-    let old = cpu.flags.get();
     let (res, cf, of) = match K {
         ROL => {
             let n = count % bits;
@@ -555,7 +556,7 @@ fn shift_value<const K: u8, const W: u32>(cpu: &mut Cpu, a: u32, count: u32) -> 
             // Rotate the (bits + 1)-bit value CF:a.
             let n = (count % (bits + 1)) as u64;
             let width = bits as u64 + 1;
-            let v = (old as u64 & 1) << bits | a as u64;
+            let v = (cpu.flags.cf() as u64) << bits | a as u64;
             let all = (1u64 << width) - 1;
             let v = if K == RCL {
                 (v << n | v >> ((width - n) % width)) & all
@@ -591,7 +592,7 @@ fn shift_value<const K: u8, const W: u32>(cpu: &mut Cpu, a: u32, count: u32) -> 
     let cf_of = if cf != 0 { CF } else { 0 } | if of != 0 { OF } else { 0 };
     let status = if K <= RCR {
         // Rotates change only CF and OF.
-        old & (SF | ZF | AF | PF) | cf_of
+        cpu.flags.get() & (SF | ZF | AF | PF) | cf_of
     } else {
         Flags::szp(W, res) | cf_of
     };
@@ -1307,6 +1308,19 @@ mod tests {
         assert_eq!(cpu.gpr(reg::EBX) & 0xFF, 1);
         assert_eq!(cpu.gpr(reg::EDX), 7);
         assert_eq!(cpu.eflags() & ZF, 0);
+    }
+
+    #[test]
+    fn rep_bsf_is_bsf_not_tzcnt() {
+        let cpu = run(
+            |a| a.db(&[0xF3, 0x0F, 0xBC, 0xC8]), // rep bsf cx, ax
+            |c| {
+                c.set_gpr(reg::ECX, 0x1234);
+                c.set_gpr(reg::EAX, 0);
+            },
+        );
+        assert_eq!(cpu.gpr(reg::ECX), 0x1234);
+        assert_eq!(cpu.eflags() & ZF, ZF);
     }
 
     #[test]

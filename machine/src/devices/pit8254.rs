@@ -657,6 +657,23 @@ mod tests {
 
     const CONTROL: u8 = 3;
 
+    /// Linux's PM-timer and TSC calibration: channel 2, gate high, mode 0,
+    /// count 0xFFFF, then poll port 0x61 bit 5 until OUT2 rises.
+    #[test]
+    fn pit_channel2_mode0_out2_rises_after_the_count_as_linux_calibration_expects() {
+        let (mut pit, clock, _) = pit();
+        clock.advance(Duration::from_millis(3));
+        let v = pit.read_port61();
+        pit.write_port61((v & !0x02) | 0x01);
+        pit.write(CONTROL, 0xB0);
+        pit.write(2, 0xFF);
+        pit.write(2, 0xFF);
+        clock.advance(Duration::from_micros(54_900));
+        assert_eq!(pit.read_port61() & 0x20, 0);
+        clock.advance(Duration::from_micros(100));
+        assert_eq!(pit.read_port61() & 0x20, 0x20);
+    }
+
     #[test]
     fn tick_conversion_round_trips() {
         let t = time_of_tick(1_193_182);

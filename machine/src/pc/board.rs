@@ -198,8 +198,12 @@ impl Board {
                 if changed & bit == 0 || line == 2 {
                     continue;
                 }
-                if rose & bit != 0 && level & bit == 0 {
-                    // A pulse: the PIC latches the edge.
+                if rose & bit != 0 {
+                    // The line rose since the last sync, perhaps after
+                    // dropping (an edge-triggered source re-raising, such as
+                    // a UART refilling THR-empty) or before dropping again (a
+                    // pulse): show the PIC that edge.
+                    self.pic.set_irq(line, false);
                     self.pic.set_irq(line, true);
                 }
                 self.pic.set_irq(line, level & bit != 0);
