@@ -129,3 +129,36 @@ fn task_switched_raises_nm_at_the_fpu_instruction() {
     assert_eq!(e.vector, vector::NM);
     assert_eq!(e.eip, pm::CODE);
 }
+
+#[test]
+fn libm_style_exp_and_log_sequences() {
+    // exp(x) = 2^(x log2 e), split into integer and fraction parts, and
+    // ln(x) = ln 2 * log2(x): the sequences i386 libm implementations use.
+    let mut g = protected(|a| {
+        a.fninit()?;
+        a.fld(qword_ptr(DATA))?; // x
+        a.fldl2e()?;
+        a.fmulp(st1, st0)?; // t = x log2 e
+        a.fld(st0)?;
+        a.frndint()?; // n
+        a.fsub_2(st1, st0)?; // f = t - n
+        a.fxch(st0, st1)?;
+        a.f2xm1()?;
+        a.fld1()?;
+        a.faddp(st1, st0)?; // 2^f
+        a.fscale()?; // 2^f * 2^n
+        a.fstp(st1)?;
+        a.fstp(qword_ptr(DATA + 8))?;
+        a.fldln2()?;
+        a.fld(qword_ptr(DATA))?;
+        a.fyl2x()?;
+        a.fstp(qword_ptr(DATA + 16))
+    });
+    g.poke(DATA, &3.7f64.to_le_bytes());
+    g.run_to_hlt();
+    let exp = f64::from_le_bytes(peek(&mut g, DATA + 8));
+    let ln = f64::from_le_bytes(peek(&mut g, DATA + 16));
+    assert!((exp - 3.7f64.exp()).abs() <= 3.7f64.exp() * 2e-16, "{exp}");
+    assert!((ln - 3.7f64.ln()).abs() <= 3.7f64.ln() * 2e-16, "{ln}");
+    assert_eq!(g.cpu.fpu_tag_word(), 0xFFFF);
+}

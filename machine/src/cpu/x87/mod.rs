@@ -3,8 +3,8 @@
 //!
 //! - `softfloat.rs`: the 80-bit extended-precision arithmetic (exact, a
 //!   true soft-float);
-//! - `trans.rs`: the transcendental instructions (computed through binary64,
-//!   see its header for the accuracy this gives);
+//! - `trans.rs`: the transcendental instructions (128-bit fixed-point
+//!   series, one rounding to extended; its header states the accuracy);
 //! - `ops.rs`: the instruction handlers, named after the manual's mnemonics.
 //!
 //! Exceptions: every operation collects IEEE flags in a [`softfloat::Env`];

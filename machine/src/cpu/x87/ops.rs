@@ -700,8 +700,9 @@ fn fchs_fabs<const ABS: bool>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
 // ---- comparisons ----
 
 impl Fpu {
-    /// FCOM-style compare of `a` with `b`, then `pops` pops.
-    fn compare(&mut self, a: Option<F80>, b: Option<F80>, quiet: bool, pops: u8) {
+    /// FCOM-style compare of `a` with `b`, then `pops` pops; `pre` holds
+    /// the exceptions loading a memory operand raised.
+    fn compare(&mut self, a: Option<F80>, b: Option<F80>, quiet: bool, pops: u8, pre: u8) {
         let (Some(a), Some(b)) = (a, b) else {
             if self.stack_fault(false) {
                 self.set_compare(Cmp::Unordered);
@@ -713,6 +714,7 @@ impl Fpu {
             return;
         };
         let mut env = self.env();
+        env.flags = pre;
         let c = sf::compare(&mut env, a, b, quiet);
         if self.settle(&env, sf::IE | sf::DE) {
             self.set_compare(c);
@@ -729,12 +731,8 @@ fn fcom_mem<const KIND: u8, const POP: bool>(cpu: &mut Cpu, d: &Insn) -> Result<
     let mut env = cpu.fpu.env();
     let b = cpu.fpu_read_operand(d, KIND, &mut env)?;
     cpu.fpu_note(d, true);
-    // An SNaN operand raised IE on its conversion.
-    if cpu.fpu.raise(env.flags) && env.flags & sf::IE & !(cpu.fpu.cw as u8) != 0 {
-        return Ok(());
-    }
     let a = cpu.fpu.opt(0);
-    cpu.fpu.compare(a, Some(b), false, POP as u8);
+    cpu.fpu.compare(a, Some(b), false, POP as u8, env.flags);
     Ok(())
 }
 
@@ -744,7 +742,7 @@ fn fcom_sti<const QUIET: bool, const POPS: u8>(cpu: &mut Cpu, d: &Insn) -> Resul
     cpu.fpu_note(d, false);
     let f = &mut cpu.fpu;
     let (a, b) = (f.opt(0), f.opt(d.r1 & 7));
-    f.compare(a, b, QUIET, POPS);
+    f.compare(a, b, QUIET, POPS, 0);
     Ok(())
 }
 
@@ -754,7 +752,7 @@ fn fcompp<const QUIET: bool>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     cpu.fpu_note(d, false);
     let f = &mut cpu.fpu;
     let (a, b) = (f.opt(0), f.opt(1));
-    f.compare(a, b, QUIET, 2);
+    f.compare(a, b, QUIET, 2, 0);
     Ok(())
 }
 
@@ -800,7 +798,7 @@ fn ftst(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     cpu.fpu_note(d, false);
     let f = &mut cpu.fpu;
     let a = f.opt(0);
-    f.compare(a, Some(F80::ZERO), false, 0);
+    f.compare(a, Some(F80::ZERO), false, 0, 0);
     Ok(())
 }
 

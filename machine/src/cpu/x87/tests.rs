@@ -504,3 +504,197 @@ fn precision_control_rounds_arithmetic_to_24_bits() {
     });
     assert_eq!(sf::to_host(st(&c, 0)), (1.0f32 / 3.0) as f64);
 }
+
+/// Runs raw code bytes followed by HLT.
+fn run_bytes(cpu: &mut Cpu, code: &[u8]) {
+    let mut bytes = code.to_vec();
+    bytes.push(0xF4);
+    cpu.write_phys_bytes(CODE, &bytes);
+    let exit = cpu.run(10_000);
+    assert!(
+        matches!(exit, RunExit::Halted | RunExit::HaltedInterruptsDisabled),
+        "{exit:?}"
+    );
+}
+
+#[test]
+fn o32_fnstenv_in_real_mode_uses_the_32_bit_real_layout() {
+    let mut c = cpu();
+    c.fpu.init();
+    // fld1; o32 fnstenv [0x2000]
+    run_bytes(&mut c, &[0xD9, 0xE8, 0x66, 0xD9, 0x36, 0x00, 0x20]);
+    let env: [u8; 28] = peek(&mut c, DATA);
+    let w =
+        |i: usize| u32::from_le_bytes([env[4 * i], env[4 * i + 1], env[4 * i + 2], env[4 * i + 3]]);
+    assert_eq!(w(0), 0xFFFF_037F);
+    assert_eq!(w(1) & 0xFFFF, 7 << 11);
+    assert_eq!(w(2) & 0xFFFF, 0x3FFF);
+    assert_eq!(w(3) & 0xFFFF, CODE);
+    assert_eq!(w(4), 0x1E8);
+    // The restore reads it back.
+    c.halted = false;
+    c.set_eip(CODE);
+    c.fpu.init();
+    // o32 fldenv [0x2000]
+    run_bytes(&mut c, &[0x66, 0xD9, 0x26, 0x00, 0x20]);
+    assert_eq!(c.fpu.top, 7);
+    assert_eq!(c.fpu.fip, CODE);
+    assert_eq!(c.fpu.fop, 0x1E8);
+    assert_eq!(c.fpu_tag_word(), 0x3FFF);
+}
+
+#[test]
+fn frstor_of_a_pending_unmasked_exception_faults_on_the_next_instruction() {
+    let mut c = cpu();
+    c.set_cr0(c.cr0() | cr0::NE);
+    c.fpu.init();
+    // A 16-bit real-mode image: CW with ZE unmasked, SW with ZE set, all empty.
+    let mut img = [0u8; 94];
+    img[0..2].copy_from_slice(&0x037Bu16.to_le_bytes());
+    img[2..4].copy_from_slice(&0x0004u16.to_le_bytes());
+    img[4..6].copy_from_slice(&0xFFFFu16.to_le_bytes());
+    poke(&mut c, DATA, &img);
+    run_on(&mut c, |a| {
+        a.frstor(ptr(DATA))?;
+        a.fnstsw(word_ptr(DATA + 0x100))?;
+        a.fld1()
+    });
+    assert_eq!(c.eip(), MF_HANDLER + 1);
+    assert_eq!(u16::from_le_bytes(peek(&mut c, DATA + 0x100)), 0x8084);
+    assert_eq!(c.fpu_tag_word(), 0xFFFF);
+}
+
+#[test]
+fn fldcw_unmasking_a_recorded_exception_makes_it_pending() {
+    let mut c = cpu();
+    c.set_cr0(c.cr0() | cr0::NE);
+    c.fpu.init();
+    poke(&mut c, DATA, &0x037Eu16.to_le_bytes()); // IE unmasked
+    run_on(&mut c, |a| {
+        a.fld1()?;
+        a.fld1()?;
+        a.fld1()?;
+        a.fld1()?;
+        a.fld1()?;
+        a.fld1()?;
+        a.fld1()?;
+        a.fld1()?;
+        a.fld1()?; // masked stack overflow: IE recorded
+        a.fldcw(word_ptr(DATA))?;
+        a.fnop()
+    });
+    assert_eq!(c.eip(), MF_HANDLER + 1);
+    assert_ne!(c.fpu_status_word() & sw::ES, 0);
+}
+
+#[test]
+fn fxch_with_an_empty_register_fills_it_with_indefinite() {
+    let c = run(|a| {
+        a.fld1()?;
+        a.fxch(st0, st3)
+    });
+    assert_eq!(st(&c, 0), F80::INDEFINITE);
+    assert_eq!(st(&c, 3), F80::ONE);
+    assert_eq!(c.fpu_status_word() & (sw::SF | 1), sw::SF | 1);
+}
+
+#[test]
+fn fbstp_rounds_in_the_current_mode() {
+    let mut c = cpu();
+    c.fpu.init();
+    poke(&mut c, DATA, &(-2.5f64).to_le_bytes());
+    run_on(&mut c, |a| {
+        a.fld(qword_ptr(DATA))?;
+        a.fbstp(tword_ptr(DATA + 16))
+    });
+    assert_eq!(
+        peek::<10>(&mut c, DATA + 16),
+        [2, 0, 0, 0, 0, 0, 0, 0, 0, 0x80]
+    );
+    assert_eq!(c.fpu_status_word() & 0x3F, sf::PE as u16);
+}
+
+#[test]
+fn fst_sti_copies_and_fstp_st0_pops() {
+    let c = run(|a| {
+        a.fldz()?;
+        a.fld1()?;
+        a.fst(st1)?;
+        a.fldpi()?;
+        a.fstp(st0)
+    });
+    assert_eq!((st(&c, 0), st(&c, 1)), (F80::ONE, F80::ONE));
+    assert_eq!(c.fpu.top, 6);
+}
+
+#[test]
+fn fcom_with_a_signaling_nan_operand_is_invalid_and_unordered() {
+    let mut c = cpu();
+    c.fpu.init();
+    poke(&mut c, DATA, &0x7F80_0001u32.to_le_bytes());
+    run_on(&mut c, |a| {
+        a.fld1()?;
+        a.fcom(dword_ptr(DATA))
+    });
+    let s = c.fpu_status_word();
+    assert_eq!(s & (sw::C3 | sw::C2 | sw::C0), sw::C3 | sw::C2 | sw::C0);
+    assert_eq!(s & 0x3F, sf::IE as u16);
+}
+
+#[test]
+fn fincstp_fdecstp_move_top_only() {
+    let c = run(|a| {
+        a.fld1()?;
+        a.fdecstp()?;
+        a.fdecstp()?;
+        a.fincstp()
+    });
+    assert_eq!(c.fpu.top, 6);
+    assert_eq!(st(&c, 1), F80::ONE);
+    assert!(c.fpu.is_empty(0));
+}
+
+#[test]
+fn fyl2x_fpatan_f2xm1_fscale_through_instructions() {
+    let mut c = cpu();
+    c.fpu.init();
+    poke(&mut c, DATA, &8.0f64.to_le_bytes());
+    run_on(&mut c, |a| {
+        a.fld1()?;
+        a.fld(qword_ptr(DATA))?;
+        a.fyl2x()?; // 1 * log2(8) = 3
+        a.fld1()?;
+        a.fld1()?;
+        a.fpatan()?; // atan(1/1) = pi/4
+        a.fld1()?;
+        a.f2xm1()?; // 2^1 - 1 = 1
+        a.fld1()?;
+        a.fscale() // 1 * 2^1 = 2 (ST1 = 1)
+    });
+    assert_eq!(st(&c, 0), x(2.0));
+    assert_eq!(st(&c, 1), x(1.0));
+    assert_eq!(st(&c, 2), F80::new(false, 0x3FFE, 0xC90F_DAA2_2168_C235));
+    assert_eq!(st(&c, 3), x(3.0));
+}
+
+#[test]
+fn non_waiting_control_instructions_ignore_a_pending_exception() {
+    let mut c = cpu();
+    c.set_cr0(c.cr0() | cr0::NE);
+    c.fpu.init();
+    poke(&mut c, DATA, &0x037Bu16.to_le_bytes()); // ZE unmasked
+    run_on(&mut c, |a| {
+        a.fldcw(word_ptr(DATA))?;
+        a.fldz()?;
+        a.fld1()?;
+        a.fdiv_2(st0, st1)?; // ZE pending
+        a.fnstsw(ax)?;
+        a.fnstenv(ptr(DATA + 0x10))?;
+        a.fninit()?;
+        a.fld1() // nothing pending any more
+    });
+    assert_eq!(c.eip(), CODE + 21);
+    assert_eq!(c.gpr(0) as u16 & 0x80FF, 0x8084);
+    assert_eq!(st(&c, 0), F80::ONE);
+    assert_eq!(c.fpu_status_word(), 7 << 11);
+}
