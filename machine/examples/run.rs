@@ -48,6 +48,10 @@ struct Args {
     /// Stop after this many instructions.
     #[arg(long)]
     max_instructions: Option<u64>,
+    /// Every SECS seconds, print the CPU and interrupt state to stderr
+    /// (diagnosing a guest that stops making progress).
+    #[arg(long, value_name = "SECS")]
+    watchdog: Option<u64>,
     /// Debug console (ports 0xE9/0x402) output.
     #[arg(long, value_enum, default_value_t = DebugConsole::Stderr)]
     debug_console: DebugConsole,
@@ -161,8 +165,22 @@ fn run(args: Args) -> Result<ExitCode, String> {
             }
         });
     }
+    if let Some(secs) = args.watchdog {
+        let handle = pc.handle();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
+            handle.stop();
+        });
+    }
     let start = std::time::Instant::now();
-    let exit = pc.run(args.max_instructions);
+    let exit = loop {
+        let exit = pc.run(args.max_instructions);
+        if exit == PcExit::Stopped && args.watchdog.is_some() {
+            eprintln!("run: watchdog\n{}", pc.debug_state());
+            continue;
+        }
+        break exit;
+    };
     let secs = start.elapsed().as_secs_f64();
     let _ = std::io::stdout().flush();
     let n = pc.cpu().instruction_count();

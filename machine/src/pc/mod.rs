@@ -346,6 +346,29 @@ impl Pc {
         self.board.borrow().post_code
     }
 
+    /// A multi-line description of the CPU and interrupt state, for
+    /// diagnosing a guest that stopped making progress.
+    pub fn debug_state(&self) -> String {
+        let b = self.board.borrow();
+        let now = b.clock.now();
+        format!(
+            "cpu: eip {:08x} eflags {:08x} cpl {} halted {} icount {}\n\
+             signals {:#x} now {:?} next deadline {:?}\n\
+             pic: {:?}\nlapic: {:?}\npit: {:?}",
+            self.cpu.eip(),
+            self.cpu.eflags(),
+            self.cpu.cpl(),
+            self.cpu.is_halted(),
+            self.cpu.instruction_count(),
+            self.shared.signals.load(),
+            now,
+            b.next_deadline(),
+            b.pic.state(),
+            b.lapic.state(),
+            b.pit.state(),
+        )
+    }
+
     /// Resets CPU and devices and boots again.
     pub fn reset(&mut self) -> Result<(), PcError> {
         self.board.borrow_mut().reset();
