@@ -1,8 +1,10 @@
 //! The ACPI tables the machine generates for direct boot: RSDP, RSDT, FADT
 //! (revision 1, PIIX4-style PM registers), FACS, a DSDT whose AML defines
-//! `\_S5` (so `poweroff` works) and a MADT with the local APIC and its LINT1
-//! NMI. There is no I/O APIC: the 8259 pair reaches the CPU through LINT0 in
-//! virtual-wire mode (ARCHITECTURE.md says why). The fixed-feature power
+//! `\_S5` (so `poweroff` works). There is deliberately no MADT, as on the
+//! ACPI 1.0 firmware of 440BX boards: the 8259 pair reaches the CPU through
+//! the local APIC's LINT0 in virtual-wire mode, and a MADT without an I/O
+//! APIC makes Linux choose symmetric-I/O mode and mask LINT0, which would cut
+//! the PIC off (ARCHITECTURE.md has the details). The fixed-feature power
 //! button (FADT flag PWR_BUTTON clear) signals the guest through PM1_STS.
 
 /// Where the PM registers (PM1a event, PM1a control, PM timer, GPE0) live in
@@ -18,7 +20,7 @@ pub const SCI_IRQ: u8 = 9;
 pub const SLP_TYP_S5: u8 = 0;
 /// Bytes the tables take; the platform reserves this much at the top of RAM.
 pub const TABLES_SIZE: u32 = 0x1000;
-/// The local APIC's MMIO base.
+/// The local APIC's MMIO base (fixed: there is no MADT to move it).
 pub const LAPIC_BASE: u32 = 0xFEE0_0000;
 
 const OEM_ID: &[u8; 6] = b"BLKHD ";
@@ -40,7 +42,6 @@ pub fn build(base: u32) -> Tables {
     const RSDT: u32 = 0x20;
     const FADT: u32 = 0x60;
     const FACS: u32 = 0x100;
-    const MADT: u32 = 0x140;
     const DSDT: u32 = 0x200;
     let mut b = vec![0u8; TABLES_SIZE as usize];
 
@@ -75,21 +76,8 @@ pub fn build(base: u32) -> Tables {
     finish(&mut fadt);
     b[FADT as usize..FADT as usize + fadt.len()].copy_from_slice(&fadt);
 
-    let mut madt = header(b"APIC", 44, 1);
-    put32(&mut madt, 36, LAPIC_BASE);
-    put32(&mut madt, 40, 1); // PCAT_COMPAT: dual 8259s present
-    // Processor local APIC: type 0, length 8, ACPI id 0, APIC id 0, enabled.
-    madt.extend_from_slice(&[0, 8, 0, 0, 1, 0, 0, 0]);
-    // Local APIC NMI: type 4, length 6, all processors, flags 0 (bus default), LINT1.
-    madt.extend_from_slice(&[4, 6, 0xFF, 0, 0, 1]);
-    let len = madt.len() as u32;
-    put32(&mut madt, 4, len);
-    finish(&mut madt);
-    b[MADT as usize..MADT as usize + madt.len()].copy_from_slice(&madt);
-
-    let mut rsdt = header(b"RSDT", 36 + 8, 1);
+    let mut rsdt = header(b"RSDT", 36 + 4, 1);
     put32(&mut rsdt, 36, base + FADT);
-    put32(&mut rsdt, 40, base + MADT);
     finish(&mut rsdt);
     b[RSDT as usize..RSDT as usize + rsdt.len()].copy_from_slice(&rsdt);
 
@@ -189,12 +177,7 @@ mod tests {
         );
         assert_eq!((&dsdt[0..4], sum(dsdt)), (&b"DSDT"[..], 0));
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
-        let madt = table_at(
-            &t,
-            base,
-            u32::from_le_bytes(rsdt[40..44].try_into().unwrap()),
-        );
-        assert_eq!((&madt[0..4], sum(madt)), (&b"APIC"[..], 0));
+        assert_eq!(rsdt.len(), 40, "the RSDT lists only the FADT (no MADT)");
     }
 
     #[test]
