@@ -41,11 +41,15 @@ impl Serial {
                 let line_end = tail[at..].find('\n').map_or(tail.len(), |e| at + e);
                 return (tail[..line_end].to_string(), from + line_end);
             }
-            assert!(
-                start.elapsed() < timeout,
-                "no {needle:?} on the serial console within {timeout:?}; it shows:\n{}",
-                &text[text.len().saturating_sub(3000)..]
-            );
+            if start.elapsed() > timeout {
+                let dump = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("linux_boot-serial.txt");
+                let _ = std::fs::write(&dump, &text);
+                panic!(
+                    "no {needle:?} on the serial console within {timeout:?}; whole output in {}; it ends:\n{}",
+                    dump.display(),
+                    &text[text.floor_char_boundary(text.len().saturating_sub(3000))..]
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -81,11 +85,17 @@ fn send(handle: &PcHandle, line: &str) {
     handle.serial_input(0, format!("{line}\n").as_bytes());
 }
 
-#[test]
-fn debian_guest_boots_keeps_time_draws_idles_and_powers_off() {
+/// The framebuffer as the vCPU thread last saw it (the test asks with `PcHandle::stop`).
+type FbView = Arc<Mutex<Vec<u8>>>;
+
+/// Boots the guest kit on a vCPU thread; every `stop` request copies the
+/// framebuffer into the returned view and resumes.
+fn boot() -> (PcHandle, Serial, FbView, std::thread::JoinHandle<PcExit>) {
     let (kernel, initrd) = guest_kit();
     let serial = Serial::default();
     let out = serial.clone();
+    let fb: FbView = Arc::default();
+    let fb_view = fb.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     let vcpu = std::thread::spawn(move || {
         let mut pc = Pc::new(PcConfig {
@@ -107,39 +117,71 @@ fn debian_guest_boots_keeps_time_draws_idles_and_powers_off() {
         })
         .expect("machine");
         tx.send(pc.handle()).unwrap();
-        let exit = loop {
+        loop {
             match pc.run(None) {
                 PcExit::Stopped => {
-                    // The test asked for a framebuffer look.
-                    let (w, h, stride, px) = pc.framebuffer().unwrap();
-                    let lit = (0..h as usize)
-                        .flat_map(|y| px[y * stride as usize..][..w as usize * 4].chunks_exact(4))
-                        .filter(|p| p[..3] != [0, 0, 0])
-                        .count();
-                    println!("framebuffer: {lit} lit pixels");
-                    assert!(lit > 2000, "the framebuffer console drew only {lit} pixels");
-                    continue;
+                    let (_, _, _, px) = pc.framebuffer().unwrap();
+                    *fb_view.lock().unwrap() = px.to_vec();
                 }
-                other => break other,
+                other => return other,
             }
-        };
-        exit
+        }
     });
     let handle = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("machine built");
+    (handle, serial, fb, vcpu)
+}
 
-    let boot = Instant::now();
+/// A copy of the framebuffer, taken on the vCPU thread.
+fn framebuffer(handle: &PcHandle, fb: &FbView) -> Vec<u8> {
+    fb.lock().unwrap().clear();
+    handle.stop();
+    let start = Instant::now();
+    loop {
+        let px = fb.lock().unwrap().clone();
+        if !px.is_empty() {
+            return px;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no framebuffer copy"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn lit_pixels(px: &[u8]) -> usize {
+    px.chunks_exact(4).filter(|p| p[..3] != [0, 0, 0]).count()
+}
+
+/// Types `command` and returns the output line that contains `marker`.
+fn ask(handle: &PcHandle, serial: &Serial, at: &mut usize, command: &str, marker: &str) -> String {
+    send(handle, command);
+    let (line, next) = serial.wait_for(marker, *at, Duration::from_secs(60));
+    *at = next;
+    line
+}
+
+#[test]
+fn debian_guest_boots_keeps_time_identifies_our_cpu_shares_its_framebuffer_reboots_and_powers_off()
+{
+    let (handle, serial, fb, vcpu) = boot();
+    let started = Instant::now();
     let (_, mut at) = serial.wait_for("BULKHEAD-GUEST-READY", 0, Duration::from_secs(600));
-    println!("guest ready after {:.1} s", boot.elapsed().as_secs_f64());
+    println!("guest ready after {:.1} s", started.elapsed().as_secs_f64());
     // Let init start the shell.
     std::thread::sleep(Duration::from_secs(2));
 
-    // The guest's clock matches the host's within 2 s.
-    // The marker is computed by the guest so the echoed command line does not match.
-    send(&handle, "echo DATE-$(date +%s)-$((6*7))");
-    let (line, next) = serial.wait_for("-42", at, Duration::from_secs(60));
-    at = next;
+    // The guest's clock matches the host's within 2 s. (Markers are
+    // computed by the guest, so the echoed command line never matches.)
+    let line = ask(
+        &handle,
+        &serial,
+        &mut at,
+        "echo DATE-$(date +%s)-$((6*7))",
+        "-42",
+    );
     let guest: u64 = line
         .rsplit("DATE-")
         .next()
@@ -178,13 +220,109 @@ fn debian_guest_boots_keeps_time_draws_idles_and_powers_off() {
         share * 100.0
     );
 
-    // The framebuffer console has drawn (checked on the vCPU thread).
-    handle.stop();
-    std::thread::sleep(Duration::from_millis(200));
+    // The kernel is i686 and sees our CPU: GenuineIntel family 6 model 5
+    // with exactly the features we implement.
+    let uname = ask(
+        &handle,
+        &serial,
+        &mut at,
+        "uname -a; echo UNAME-$((6*7))",
+        "UNAME-42",
+    );
+    assert!(uname.contains("i686"), "uname -a: {uname}");
+    let cpuinfo = ask(
+        &handle,
+        &serial,
+        &mut at,
+        "cat /proc/cpuinfo; echo CPUINFO-$((6*7))",
+        "CPUINFO-42",
+    );
+    for want in ["GenuineIntel", "cpu family\t: 6", "model\t\t: 5"] {
+        assert!(
+            cpuinfo.contains(want),
+            "no {want:?} in /proc/cpuinfo:\n{cpuinfo}"
+        );
+    }
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().skip(2).collect())
+        .unwrap_or_default();
+    for want in [
+        "fpu", "de", "pse", "tsc", "msr", "cx8", "apic", "sep", "mtrr", "pge", "cmov",
+    ] {
+        assert!(flags.contains(&want), "flag {want} missing: {flags:?}");
+    }
+    for absent in ["pae", "mmx", "fxsr", "sse", "vme"] {
+        assert!(
+            !flags.contains(&absent),
+            "flag {absent} reported: {flags:?}"
+        );
+    }
 
-    // The power button shuts the guest down cleanly (acpid runs poweroff).
+    // The console has drawn into the framebuffer.
+    let lit = lit_pixels(&framebuffer(&handle, &fb));
+    println!("framebuffer after boot: {lit} lit pixels");
+    assert!(lit > 2000, "the framebuffer console drew only {lit} pixels");
+
+    // Bytes the guest writes to /dev/fb0 are the bytes in our buffer.
+    // fbcon is unbound first so it cannot scroll the pattern away. (Each
+    // command stays under 80 columns: busybox's line editor loses typeahead
+    // while it redraws a wrapped line.)
+    send(
+        &handle,
+        "for v in /sys/class/vtconsole/vtcon*; do echo 0 >$v/bind; done",
+    );
+    send(
+        &handle,
+        "dd if=/dev/urandom of=/tmp/p bs=256 count=1; cat /tmp/p >/dev/fb0",
+    );
+    let out = ask(
+        &handle,
+        &serial,
+        &mut at,
+        "hexdump -v -e '/1 \"%02x\"' /tmp/p; echo; echo FB-$((6*7))",
+        "FB-42",
+    );
+    let hex = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.len() == 512 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no pattern dump in {out:?}"));
+    let pattern: Vec<u8> = (0..256)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let px = framebuffer(&handle, &fb);
+    assert_eq!(
+        &px[..256],
+        &pattern[..],
+        "/dev/fb0 bytes differ from the shared buffer"
+    );
+
+    // `reboot -f` resets the machine; the kernel boots a second time.
+    send(&handle, "reboot -f");
+    let t0 = Instant::now();
+    let (_, next) = serial.wait_for("BULKHEAD-GUEST-READY", at, Duration::from_secs(600));
+    at = next;
+    println!(
+        "second boot ready after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    // `poweroff` ends the run with a power-off event.
+    send(&handle, "poweroff");
+    let _ = at;
+    assert_eq!(vcpu.join().expect("vCPU thread"), PcExit::PowerOff);
+}
+
+#[test]
+fn debian_guest_shuts_down_cleanly_on_the_power_button() {
+    let (handle, serial, _fb, vcpu) = boot();
+    let (_, at) = serial.wait_for("BULKHEAD-GUEST-READY", 0, Duration::from_secs(600));
+    // acpid starts before the marker; give the shell a moment too.
+    std::thread::sleep(Duration::from_secs(2));
     handle.power_button();
     let _ = serial.wait_for("BULKHEAD-GUEST-POWER-BUTTON", at, Duration::from_secs(60));
-    let exit = vcpu.join().expect("vCPU thread");
-    assert_eq!(exit, PcExit::PowerOff);
+    assert_eq!(vcpu.join().expect("vCPU thread"), PcExit::PowerOff);
 }
