@@ -205,7 +205,7 @@ impl Pm {
     }
     /// Kernel entry: LTR AX, then IRETD to user code at `eip` with
     /// `eflags` on the ring 3 stack (ESP = `esp`).
-    fn to_user(&mut self, eip: u32, eflags: u32, user_esp: u32) {
+    fn enter_user(&mut self, eip: u32, eflags: u32, user_esp: u32) {
         self.load(
             KCODE,
             asm(32, |a| {
@@ -257,7 +257,7 @@ impl Pm {
 fn int_from_ring3_switches_to_the_tss_stack_and_iret_returns() {
     let mut pm = Pm::new();
     pm.set_gate(0x80, gate(K_CODE, HCODE, INT32, 3, 0));
-    pm.to_user(UCODE, 0x202, USTACK);
+    pm.enter_user(UCODE, 0x202, USTACK);
     pm.load(
         UCODE,
         asm(32, |a| {
@@ -293,7 +293,7 @@ fn int_from_ring3_switches_to_the_tss_stack_and_iret_returns() {
 fn trap_gate_keeps_if() {
     let mut pm = Pm::new();
     pm.set_gate(0x81, gate(K_CODE, HCODE, TRAP32, 3, 0));
-    pm.to_user(UCODE, 0x202, USTACK);
+    pm.enter_user(UCODE, 0x202, USTACK);
     pm.load(UCODE, asm(32, |a| a.int(0x81)));
     pm.step(3);
     assert_eq!(pm.g.cpu.eip(), HCODE);
@@ -304,7 +304,7 @@ fn trap_gate_keeps_if() {
 fn int_through_a_dpl0_gate_from_ring3_is_gp_with_the_idt_error_code() {
     let mut pm = Pm::new();
     pm.set_gate(0x30, gate(K_CODE, HCODE, INT32, 0, 0));
-    pm.to_user(UCODE, 0x202, USTACK);
+    pm.enter_user(UCODE, 0x202, USTACK);
     pm.load(UCODE, asm(32, |a| a.int(0x30)));
     pm.run();
     assert_eq!(pm.halted_in(), Some(13));
@@ -368,7 +368,7 @@ fn fault_while_delivering_a_double_fault_shuts_down() {
 fn gate_to_conforming_code_stays_at_the_current_privilege() {
     let mut pm = Pm::new();
     pm.set_gate(0x82, gate(CONF_CODE, HCODE, INT32, 3, 0));
-    pm.to_user(UCODE, 0x202, USTACK);
+    pm.enter_user(UCODE, 0x202, USTACK);
     pm.load(UCODE, asm(32, |a| a.int(0x82)));
     pm.step(3);
     assert_eq!(pm.g.cpu.eip(), HCODE);
@@ -403,7 +403,7 @@ fn far_call_to_conforming_code_and_retf_back() {
 #[test]
 fn far_jmp_to_more_privileged_code_is_gp_with_the_selector() {
     let mut pm = Pm::new();
-    pm.to_user(UCODE, 0x202, USTACK);
+    pm.enter_user(UCODE, 0x202, USTACK);
     pm.load(UCODE, asm(32, |a| a.jmp_far(K_CODE, HCODE)));
     pm.run();
     assert_eq!(pm.halted_in(), Some(13));
@@ -415,7 +415,7 @@ fn call_gate_copies_parameters_to_the_inner_stack_and_retf_returns() {
     let mut pm = Pm::new();
     pm.poke_u32(USTACK - 8, 0x1111_1111);
     pm.poke_u32(USTACK - 4, 0x2222_2222);
-    pm.to_user(UCODE, 0x202, USTACK - 8);
+    pm.enter_user(UCODE, 0x202, USTACK - 8);
     pm.load(
         UCODE,
         asm(32, |a| {
@@ -453,7 +453,7 @@ fn sixteen_bit_call_gate_to_ring1_uses_the_ring1_stack() {
     let ucode = 0xD000;
     pm.poke_u16(USTACK - 4, 0x1111);
     pm.poke_u16(USTACK - 2, 0x2222);
-    pm.to_user(ucode, 0x202, USTACK - 4);
+    pm.enter_user(ucode, 0x202, USTACK - 4);
     pm.load(
         ucode,
         asm(32, |a| {
@@ -489,7 +489,7 @@ fn sixteen_bit_call_gate_to_ring1_uses_the_ring1_stack() {
 #[test]
 fn retf_to_an_outer_level_nulls_inaccessible_data_segments() {
     let mut pm = Pm::new();
-    pm.to_user(UCODE, 0x202, USTACK);
+    pm.enter_user(UCODE, 0x202, USTACK);
     pm.load(
         UCODE,
         asm(32, |a| {
@@ -512,7 +512,7 @@ fn retf_to_an_outer_level_nulls_inaccessible_data_segments() {
 #[test]
 fn call_gate_to_conforming_code_keeps_the_stack() {
     let mut pm = Pm::new();
-    pm.to_user(UCODE, 0x202, USTACK);
+    pm.enter_user(UCODE, 0x202, USTACK);
     pm.load(UCODE, asm(32, |a| a.call_far(CONF_GATE | 3, 0)));
     pm.step(3);
     assert_eq!(pm.g.cpu.eip(), HCODE);
@@ -792,7 +792,7 @@ fn iret_in_v86_mode_with_iopl3_keeps_iopl() {
 fn popf_at_cpl3_with_iopl0_changes_neither_if_nor_iopl_and_cli_faults() {
     let mut pm = Pm::new();
     pm.poke_u32(USTACK - 4, IOPL3 | 0x3);
-    pm.to_user(UCODE, 0x202, USTACK - 4);
+    pm.enter_user(UCODE, 0x202, USTACK - 4);
     pm.load(
         UCODE,
         asm(32, |a| {
@@ -894,7 +894,7 @@ fn lar_and_lsl_read_visible_descriptors() {
 #[test]
 fn lar_at_cpl3_does_not_see_dpl0_segments() {
     let mut pm = Pm::new();
-    pm.to_user(UCODE, 0x202, USTACK);
+    pm.enter_user(UCODE, 0x202, USTACK);
     pm.g.cpu.set_gpr(reg::EBX, K_DATA as u32);
     pm.g.cpu.set_gpr(reg::ECX, 0x5555);
     pm.load(UCODE, asm(32, |a| a.lar(ecx, ebx)));
@@ -977,7 +977,7 @@ fn ltr_marks_the_tss_busy_and_str_reads_it() {
 #[test]
 fn ltr_at_cpl3_is_gp0() {
     let mut pm = Pm::new();
-    pm.to_user(UCODE, 0x202, USTACK);
+    pm.enter_user(UCODE, 0x202, USTACK);
     pm.load(UCODE, asm(32, |a| a.ltr(eax)));
     pm.run();
     assert_eq!(pm.halted_in(), Some(13));
@@ -1069,7 +1069,7 @@ fn sixteen_bit_interrupt_gate_pushes_a_word_frame() {
 #[test]
 fn iret_from_cpl0_sets_iopl_and_cli_at_cpl3_is_then_allowed() {
     let mut pm = Pm::new();
-    pm.to_user(UCODE, IOPL3 | 0x202, USTACK);
+    pm.enter_user(UCODE, IOPL3 | 0x202, USTACK);
     pm.load(UCODE, asm(32, |a| a.cli()));
     pm.step(3);
     assert_eq!(
@@ -1085,7 +1085,7 @@ fn iret_from_cpl0_sets_iopl_and_cli_at_cpl3_is_then_allowed() {
 #[ignore = "needs data.rs MOV Sreg"]
 fn mov_ds_of_a_dpl0_segment_at_cpl3_is_gp_with_the_selector() {
     let mut pm = Pm::new();
-    pm.to_user(UCODE, 0x202, USTACK);
+    pm.enter_user(UCODE, 0x202, USTACK);
     pm.g.cpu.set_gpr(reg::EBX, K_DATA as u32 | 3);
     pm.load(UCODE, asm(32, |a| a.mov(ds, bx)));
     pm.run();
@@ -1127,7 +1127,7 @@ fn access_through_a_null_data_segment_is_gp0() {
 fn syscall_style_round_trip_through_an_int_gate() {
     let mut pm = Pm::new();
     pm.set_gate(0x80, gate(K_CODE, HCODE, INT32, 3, 0));
-    pm.to_user(UCODE, 0x202, USTACK);
+    pm.enter_user(UCODE, 0x202, USTACK);
     pm.load(
         UCODE,
         asm(32, |a| {
@@ -1189,7 +1189,7 @@ fn bad_ring0_stack_in_the_tss_is_ts_delivered_through_a_task_gate() {
     pm.poke_u32(TSS_A + 8, U_DATA as u32); // SS0 with DPL 3: invalid
     pm.set_gate(10, gate(TSS_B_SEL, 0, TASK, 0, 0));
     pm.set_gate(0x80, gate(K_CODE, HCODE, INT32, 3, 0));
-    pm.to_user(UCODE, 0x202, USTACK);
+    pm.enter_user(UCODE, 0x202, USTACK);
     pm.load(UCODE, asm(32, |a| a.int(0x80)));
     pm.load(BCODE, asm(32, |a| a.hlt()));
     pm.run();
@@ -1203,7 +1203,7 @@ fn call_gate_checks() {
     // Gate DPL below CPL: #GP(gate).
     let mut pm = Pm::new();
     pm.poke_u64(GDT + 0xA8, gate(K_CODE, HCODE, CALL32, 0, 0));
-    pm.to_user(UCODE, 0x202, USTACK);
+    pm.enter_user(UCODE, 0x202, USTACK);
     pm.load(UCODE, asm(32, |a| a.call_far(0xAB, 0)));
     pm.run();
     assert_eq!(pm.halted_in(), Some(13));
@@ -1215,7 +1215,7 @@ fn call_gate_checks() {
         GDT + 0xA8,
         gate(K_CODE, HCODE, CALL32, 3, 0) & !(0x80 << 40),
     );
-    pm.to_user(UCODE, 0x202, USTACK);
+    pm.enter_user(UCODE, 0x202, USTACK);
     pm.load(UCODE, asm(32, |a| a.call_far(0xAB, 0)));
     pm.run();
     assert_eq!(pm.halted_in(), Some(11));
@@ -1224,7 +1224,7 @@ fn call_gate_checks() {
     // Gate to a data segment: #GP(target).
     let mut pm = Pm::new();
     pm.poke_u64(GDT + 0xA8, gate(K_DATA, HCODE, CALL32, 3, 0));
-    pm.to_user(UCODE, 0x202, USTACK);
+    pm.enter_user(UCODE, 0x202, USTACK);
     pm.load(UCODE, asm(32, |a| a.call_far(0xAB, 0)));
     pm.run();
     assert_eq!(pm.halted_in(), Some(13));

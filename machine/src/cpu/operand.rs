@@ -196,12 +196,3 @@ impl Cpu {
         self.regs[reg::ESP] = (sp & !mask) | (sp.wrapping_add(delta) & mask);
     }
 }
-
-/// Operand size in bytes of operand `op` of an instruction whose operand
-/// is a register or memory.
-pub(crate) fn op_bytes(d: &Insn, op: u32) -> u32 {
-    match d.i.op_kind(op) {
-        OpKind::Register => d.i.op_register(op).size() as u32,
-        _ => d.i.memory_size().size() as u32,
-    }
-}

@@ -19,7 +19,6 @@ pub mod attr {
     pub const S: u16 = 1 << 4;
     pub const DPL_SHIFT: u16 = 5;
     pub const P: u16 = 1 << 7;
-    pub const AVL: u16 = 1 << 12;
     pub const DB: u16 = 1 << 14;
     pub const G: u16 = 1 << 15;
 }
