@@ -150,6 +150,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         },
         debug_exit: args.debug_exit,
         clock: None,
+        port_hook: None,
     })
     .map_err(|e| e.to_string())?;
     if stdio {
@@ -167,9 +168,11 @@ fn run(args: Args) -> Result<ExitCode, String> {
     }
     if let Some(secs) = args.watchdog {
         let handle = pc.handle();
-        std::thread::spawn(move || loop {
-            std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
-            handle.stop();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
+                handle.stop();
+            }
         });
     }
     let start = std::time::Instant::now();
