@@ -353,8 +353,8 @@ fn place_fds(placed: &[(RawFd, RawFd)]) -> std::io::Result<()> {
     // ...then into place (dup2 clears close-on-exec on the target).
     for fd in fds::ALL.iter().map(|&(fd, _)| fd) {
         match high.iter().find(|&&(_, dst)| dst == fd) {
-            // SAFETY: both fds are valid numbers in this process.
             Some(&(src, dst)) => {
+                // SAFETY: both fds are valid numbers in this process.
                 check(unsafe { libc::dup2(src, dst) })?;
             }
             // SAFETY: closing a number nothing in the child uses.
