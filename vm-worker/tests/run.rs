@@ -134,7 +134,8 @@ struct Worker {
 
 /// Options for [`Worker::spawn`].
 struct Spawn {
-    kernel: Vec<u8>,
+    kernel: OwnedFd,
+    initrd: Option<OwnedFd>,
     sandbox: bool,
     config: WorkerConfig,
 }
@@ -142,7 +143,8 @@ struct Spawn {
 impl Spawn {
     fn new(test: &str, ending: Ending) -> Spawn {
         Spawn {
-            kernel: kernel(ending),
+            kernel: image_fd(&kernel(ending)),
+            initrd: None,
             sandbox: sandbox_available(test),
             config: WorkerConfig {
                 ram_mib: 16,
@@ -186,7 +188,7 @@ impl Worker {
         let (serial, serial_theirs) = UnixStream::pair().unwrap();
         let memfd = protocol::framebuffer::create(WIDTH, HEIGHT).unwrap();
         let memfd_theirs = memfd.try_clone().unwrap();
-        let kernel = image_fd(&opts.kernel);
+        let (kernel, initrd) = (opts.kernel, opts.initrd);
 
         let mut cmd = Command::new(BIN);
         cmd.arg("run")
@@ -202,19 +204,22 @@ impl Worker {
             cmd.arg("--no-sandbox");
             None
         };
-        let placed: Vec<(RawFd, RawFd)> = vec![
+        let mut placed: Vec<(RawFd, RawFd)> = vec![
             (control_theirs.as_raw_fd(), fds::CONTROL),
             (memfd_theirs.as_raw_fd(), fds::FRAMEBUFFER),
             (serial_theirs.as_raw_fd(), fds::SERIAL_COM1),
             (kernel.as_raw_fd(), fds::KERNEL),
         ];
+        if let Some(initrd) = &initrd {
+            placed.push((initrd.as_raw_fd(), fds::INITRD));
+        }
         // SAFETY: only async-signal-safe calls (fcntl, dup2, close) on fds
         // this process owns, between fork and exec.
         unsafe {
             cmd.pre_exec(move || place_fds(&placed));
         }
         let child = cmd.spawn().unwrap();
-        drop((control_theirs, serial_theirs, memfd_theirs, kernel));
+        drop((control_theirs, serial_theirs, memfd_theirs, kernel, initrd));
         control.set_read_timeout(Some(TIMEOUT)).unwrap();
         serial.set_read_timeout(Some(TIMEOUT)).unwrap();
         let mut w = Worker {
@@ -531,4 +536,57 @@ fn guest_opening_a_host_file_through_the_chaos_port_is_trapped() {
         Some(libc::SYS_openat),
         "{err}"
     );
+}
+
+/// The real Debian guest kit (scripts/guest-kit) booted by the worker to
+/// its ready marker on the serial socket. Slow (minutes): run with
+/// `BULKHEAD_GUEST_KIT=DIR cargo test -p vm-worker --test run -- --ignored`.
+#[test]
+#[ignore = "boots a real Linux guest (minutes); needs BULKHEAD_GUEST_KIT"]
+fn debian_guest_kit_boots_to_its_ready_marker() {
+    let test = "debian_guest_kit_boots_to_its_ready_marker";
+    if std::env::var_os("BULKHEAD_GUEST_KIT").is_none() {
+        eprintln!("SKIPPED {test}: set BULKHEAD_GUEST_KIT to the guest kit directory");
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/guest-kit");
+    let out = Command::new(script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scripts/guest-kit failed");
+    let paths = String::from_utf8(out.stdout).unwrap();
+    let path = |key: &str| {
+        paths
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("guest-kit printed no {key}"))
+            .to_string()
+    };
+    let open = |p: String| -> OwnedFd { std::fs::File::open(p).unwrap().into() };
+    let mut opts = Spawn::new(test, Ending::PowerOff);
+    opts.kernel = open(path("kernel="));
+    opts.initrd = Some(open(path("initrd=")));
+    opts.config.ram_mib = 256;
+    opts.config.boot = BootSource::Linux {
+        kernel_fd: fds::KERNEL,
+        initrd_fd: Some(fds::INITRD),
+        cmdline: "console=ttyS0".into(),
+    };
+    let mut w = Worker::spawn(opts);
+    w.serial
+        .set_read_timeout(Some(Duration::from_secs(600)))
+        .unwrap();
+    let ready = w.expect("Ready", |m| match m {
+        FromWorker::Ready(info) => Some(*info),
+        _ => None,
+    });
+    assert_eq!(ready.ram_mib, 256);
+    w.send(&ToWorker::Start);
+    let start = Instant::now();
+    w.expect_serial("BULKHEAD-GUEST-READY");
+    eprintln!("{test}: guest ready after {:?}", start.elapsed());
+    w.send(&ToWorker::Shutdown);
+    let (code, err) = w.finish();
+    assert_eq!(code, Some(WorkerExit::Ok.code()), "{err}");
 }
