@@ -104,6 +104,7 @@ fn debian_guest_boots_keeps_time_draws_idles_and_powers_off() {
             debug_console: None,
             debug_exit: false,
             clock: None,
+            port_hook: None,
         })
         .expect("machine");
         tx.send(pc.handle()).unwrap();
