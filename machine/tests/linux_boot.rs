@@ -114,6 +114,7 @@ fn boot() -> (PcHandle, Serial, FbView, std::thread::JoinHandle<PcExit>) {
             debug_console: None,
             debug_exit: false,
             clock: None,
+            port_hook: None,
         })
         .expect("machine");
         tx.send(pc.handle()).unwrap();

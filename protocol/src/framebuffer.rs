@@ -319,6 +319,20 @@ impl FbWriter {
         self.map.bytes_mut(PIXELS_OFFSET, len).unwrap_or_default()
     }
 
+    /// The current mode's pixels as 32-bit words (`stride / 4 * height`;
+    /// empty with no mode), read through atomics: for a writer whose guest
+    /// draws into the same memory from another thread (the worker's
+    /// presenter comparing tiles while the vCPU runs).
+    pub fn pixel_words(&self) -> &[AtomicU32] {
+        let words = self
+            .mode
+            .map_or(0, |m| m.stride as usize / 4 * m.height as usize);
+        // set_mode checked that the mode fits the capacity.
+        self.map
+            .atomic_words(PIXELS_OFFSET, words)
+            .unwrap_or_default()
+    }
+
     /// Opens an update: readers retry until [`commit`](FbWriter::commit).
     /// A second `begin` without a commit is a no-op.
     pub fn begin(&mut self) {

@@ -1,7 +1,7 @@
-//! `bulkhead-worker`: the per-VM process. Today: the sandbox it enters
-//! before running guest code, and the host probe behind `bulkhead doctor`.
-//! The VM main loop (inherited fds, a `Pc` on a vCPU thread, the control
-//! protocol) follows once the `protocol` crate lands.
+//! `bulkhead-worker`: the per-VM process: the sandbox it enters before
+//! running guest code ([`sandbox`]), the host probe behind `bulkhead
+//! doctor`, and the VM main loop ([`vm`]: inherited fds, a `Pc` on a vCPU
+//! thread, the control protocol). Exit codes are [`protocol::WorkerExit`].
 
 #[cfg(all(feature = "chaos", not(debug_assertions)))]
 compile_error!(
@@ -10,5 +10,5 @@ compile_error!(
 
 #[cfg(feature = "chaos")]
 pub mod chaos;
-pub mod exit;
 pub mod sandbox;
+pub mod vm;

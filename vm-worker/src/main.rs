@@ -8,8 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use vm_worker::exit::WorkerExit;
+use protocol::WorkerExit;
 use vm_worker::sandbox::{self, CgroupPlan, Limits, Plan, Report, inside};
+use vm_worker::vm::{self, SandboxChoice};
 
 #[derive(Parser)]
 #[command(name = "bulkhead-worker", about = "Bulkhead per-VM worker process")]
@@ -31,8 +32,35 @@ enum Command {
     /// Enter the full sandbox, check from inside that it confines, and
     /// optionally attempt a forbidden syscall (which must trap: exit 67).
     SandboxCheck(CheckArgs),
-    /// Run a VM from the fds the supervisor passed (fd 3: control socket).
-    Run,
+    /// Run a VM from the fds the supervisor passed (fd 3: control socket;
+    /// see protocol::fds for the rest).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Per-VM uid (default: ID_BASE + 0).
+    #[arg(long, default_value_t = sandbox::ID_BASE)]
+    uid: u32,
+    /// Per-VM gid (default: same as uid).
+    #[arg(long)]
+    gid: Option<u32>,
+    /// Cgroup name under bulkhead/ (default: worker-<pid>).
+    #[arg(long)]
+    cgroup: Option<String>,
+    #[arg(long, default_value = sandbox::cgroup::DEFAULT_ROOT)]
+    cgroup_root: PathBuf,
+    /// Memory limit in bytes for the cgroup (default: guest RAM + 256 MiB).
+    #[arg(long)]
+    memory: Option<u64>,
+    /// Start even if the host lacks protections (each one skipped is
+    /// printed to stderr).
+    #[arg(long)]
+    allow_weaker: bool,
+    /// TESTS ONLY: run the guest with no sandbox at all (for test hosts
+    /// where the worker cannot be root). Prints a warning.
+    #[arg(long, conflicts_with_all = ["uid", "gid", "cgroup", "memory", "allow_weaker"])]
+    no_sandbox: bool,
 }
 
 #[derive(clap::Args)]
@@ -98,12 +126,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Probe { json, cgroup_root } => probe(json, &cgroup_root),
         Command::SandboxCheck(args) => sandbox_check(&args),
-        Command::Run => Err(Failure(
-            WorkerExit::BadSetup,
-            anyhow::anyhow!(
-                "`run` is not yet available: the VM main loop lands with the protocol crate"
-            ),
-        )),
+        Command::Run(args) => run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -130,6 +153,25 @@ fn probe(json: bool, cgroup_root: &std::path::Path) -> Result<(), Failure> {
         println!("{host}");
     }
     Ok(())
+}
+
+fn run(args: &RunArgs) -> Result<(), Failure> {
+    let choice = if args.no_sandbox {
+        SandboxChoice::None
+    } else {
+        SandboxChoice::Enter {
+            uid: args.uid,
+            gid: args.gid.unwrap_or(args.uid),
+            cgroup_root: args.cgroup_root.clone(),
+            cgroup: args
+                .cgroup
+                .clone()
+                .unwrap_or_else(|| format!("worker-{}", std::process::id())),
+            memory: args.memory,
+            allow_weaker: args.allow_weaker,
+        }
+    };
+    vm::run(&choice).map_err(|e| Failure(e.exit(), e.into()))
 }
 
 fn sandbox_check(args: &CheckArgs) -> Result<(), Failure> {

@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use vm_worker::exit::{SECCOMP_VIOLATION_PREFIX, WorkerExit};
+use protocol::{SECCOMP_REPORT_PREFIX, WorkerExit};
 use vm_worker::sandbox::{self, Protection, cgroup};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bulkhead-worker");
@@ -89,7 +89,7 @@ fn stderr(out: &Output) -> String {
 }
 
 fn assert_trapped(out: &Output, syscall_nr: u32) {
-    let line = format!("{SECCOMP_VIOLATION_PREFIX}{syscall_nr}\n");
+    let line = format!("{SECCOMP_REPORT_PREFIX}{syscall_nr}\n");
     assert_eq!(
         out.status.code(),
         Some(WorkerExit::SeccompViolation.code()),
@@ -249,10 +249,24 @@ fn probe_prints_human_readable_table() {
 }
 
 #[test]
-fn run_is_not_yet_available_and_exits_bad_setup() {
-    let out = Command::new(BIN).arg("run").output().unwrap();
+fn run_without_a_control_fd_exits_bad_setup() {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--no-sandbox"]).stdin(Stdio::null());
+    // SAFETY: close_range is async-signal-safe; the child closes fds an
+    // outer harness may have leaked (a jobserver pipe) so fd 3 is missing.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(WorkerExit::BadSetup.code()));
-    assert!(stderr(&out).contains("not yet available"));
+    assert!(
+        stderr(&out).contains("fd 3 (control) is not open"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 // --- Chaos device (feature `chaos`, on for tests) ---------------------------

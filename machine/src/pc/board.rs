@@ -95,6 +95,8 @@ pub(crate) struct Board {
     /// The last POST code written to port 0x80.
     pub post_code: u8,
     pub requests: Requests,
+    /// The embedder's extra port devices (writes nothing here decodes).
+    port_hook: Option<super::PortHook>,
 }
 
 pub(crate) struct BoardConfig {
@@ -104,6 +106,7 @@ pub(crate) struct BoardConfig {
     pub debug_exit: bool,
     /// UNIX time at the clock's origin.
     pub unix_time_at_origin: Duration,
+    pub port_hook: Option<super::PortHook>,
 }
 
 impl Board {
@@ -143,6 +146,7 @@ impl Board {
             debug_exit_enabled: config.debug_exit,
             post_code: 0,
             requests: Requests::default(),
+            port_hook: config.port_hook,
         };
         board.firmware_setup();
         board
@@ -270,7 +274,8 @@ impl Board {
         }
     }
 
-    fn write_byte(&mut self, port: u16, v: u8) {
+    /// Returns whether a device decodes `port`.
+    fn write_byte(&mut self, port: u16, v: u8) -> bool {
         match port {
             0x20 | 0x21 | 0xA0 | 0xA1 | 0x4D0 | 0x4D1 => {
                 if let Some(o) = PicPair::port_offset(port) {
@@ -299,8 +304,9 @@ impl Board {
                 }
             }
             0x80 | 0x190 => self.post_code = v,
-            _ => {}
+            _ => return false,
         }
+        true
     }
 }
 
@@ -347,8 +353,12 @@ impl Bus for BoardBus {
             b.requests.debug_exit = Some(value & size.ones());
             b.signals.raise(Signals::STOP);
         } else {
+            let mut decoded = false;
             for i in 0..size as u16 {
-                b.write_byte(port.wrapping_add(i), (value >> (8 * i)) as u8);
+                decoded |= b.write_byte(port.wrapping_add(i), (value >> (8 * i)) as u8);
+            }
+            if !decoded && let Some(hook) = &mut b.port_hook {
+                hook(port, value & size.ones());
             }
         }
         b.sync_irqs();

@@ -32,6 +32,8 @@ pub const FRAMEBUFFER_BASE: u32 = 0xFD00_0000;
 pub const TSC_HZ: u64 = 1_000_000_000;
 /// Instructions per slice between timer polls.
 const SLICE: u64 = 200_000;
+/// Keyboard bytes or pointer events a [`PcHandle`] queues at most.
+pub const MAX_QUEUED_INPUT: usize = 4096;
 
 /// What the machine starts.
 pub enum Firmware {
@@ -89,7 +91,13 @@ pub struct PcConfig {
     pub debug_exit: bool,
     /// The time source; the host's monotonic clock when `None`.
     pub clock: Option<Rc<dyn Clock>>,
+    /// Extra port devices of the embedder: called with (port, value) for
+    /// every port write that no board device decodes.
+    pub port_hook: Option<PortHook>,
 }
+
+/// See [`PcConfig::port_hook`].
+pub type PortHook = Box<dyn FnMut(u16, u32)>;
 
 #[derive(Debug, Error)]
 pub enum PcError {
@@ -124,9 +132,24 @@ pub enum PcExit {
 #[derive(Default)]
 struct Inbox {
     serial: [VecDeque<u8>; 2],
+    /// Key sequences (scancode set 2) for the keyboard, one per key event.
+    keys: VecDeque<Vec<u8>>,
+    /// Pointer events: (dx, dy, dz, buttons).
+    pointer: VecDeque<(i32, i32, i32, u8)>,
     power_button: bool,
     reset: bool,
     stop: bool,
+}
+
+impl Inbox {
+    fn pending(&self) -> bool {
+        self.stop
+            || self.power_button
+            || self.reset
+            || self.serial.iter().any(|q| !q.is_empty())
+            || !self.keys.is_empty()
+            || !self.pointer.is_empty()
+    }
 }
 
 struct Shared {
@@ -164,6 +187,25 @@ impl PcHandle {
     /// as its receive FIFO drains.
     pub fn serial_input(&self, port: usize, bytes: &[u8]) {
         self.post(|i| i.serial[port.min(1)].extend(bytes));
+    }
+    /// Queues one key's scancode set 2 make or break sequence for the PS/2
+    /// keyboard. Events beyond [`MAX_QUEUED_INPUT`] queued ones are dropped,
+    /// as a real keyboard drops keys when its buffer is full.
+    pub fn key_set2(&self, bytes: &[u8]) {
+        self.post(|i| {
+            if i.keys.len() < MAX_QUEUED_INPUT {
+                i.keys.push_back(bytes.to_vec());
+            }
+        });
+    }
+    /// Queues relative PS/2 mouse motion (`dy` positive is up) and the
+    /// button state (bit 0 left, 1 right, 2 middle).
+    pub fn pointer(&self, dx: i32, dy: i32, dz: i32, buttons: u8) {
+        self.post(|i| {
+            if i.pointer.len() < MAX_QUEUED_INPUT {
+                i.pointer.push_back((dx, dy, dz, buttons));
+            }
+        });
     }
     /// Bytes still queued for a serial port.
     pub fn serial_backlog(&self, port: usize) -> usize {
@@ -230,6 +272,7 @@ impl Pc {
                 debug_console: config.debug_console,
                 debug_exit: config.debug_exit,
                 unix_time_at_origin,
+                port_hook: config.port_hook,
             },
             PcClock(clock),
             signals.clone(),
@@ -437,7 +480,7 @@ impl Pc {
 
     fn inbox_pending(&self) -> bool {
         let i = self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
-        i.stop || i.power_button || i.reset || i.serial.iter().any(|q| !q.is_empty())
+        i.pending()
     }
 
     /// Moves queued host input into the devices.
@@ -459,6 +502,13 @@ impl Pc {
                 queue.drain(..taken);
             }
         }
+        for key in inbox.keys.drain(..) {
+            // The keyboard's own buffer drops what does not fit.
+            b.i8042.key_event_set2(&key);
+        }
+        for (dx, dy, dz, buttons) in inbox.pointer.drain(..) {
+            b.i8042.mouse_event(dx, dy, dz, buttons);
+        }
         b.sync_irqs();
         drop(b);
         drop(inbox);
@@ -476,9 +526,7 @@ impl Pc {
         let deadline = b.next_deadline();
         drop(b);
         let inbox = self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner());
-        let pending = |i: &Inbox| {
-            i.stop || i.power_button || i.reset || i.serial.iter().any(|q| !q.is_empty())
-        };
+        let pending = Inbox::pending;
         if pending(&inbox) || self.shared.signals.load() & Signals::INTR != 0 {
             return;
         }

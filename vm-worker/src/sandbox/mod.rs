@@ -611,14 +611,14 @@ fn reaper(plan: &Plan, child: i32, alive: OwnedFd, supervisor: i32) -> ! {
     // The supervisor going away takes the reaper (and so the worker) down.
     let _ = sys::set_pdeathsig(libc::SIGKILL);
     if sys::parent_pid() != supervisor {
-        sys::exit_now(crate::exit::WorkerExit::SandboxFailed.code());
+        sys::exit_now(protocol::WorkerExit::SandboxFailed.code());
     }
     if plan.seccomp && seccomp::install_reaper().is_err() && !plan.allow_weaker {
         let _ = sys::kill(child, libc::SIGKILL);
     }
     let code = match sys::wait_exit(child) {
         Ok(exited) => exited.as_exit_code(),
-        Err(_) => crate::exit::WorkerExit::SandboxFailed.code(),
+        Err(_) => protocol::WorkerExit::SandboxFailed.code(),
     };
     // Not dropped: std's debug check on close (fcntl) is outside the
     // reaper filter; _exit closes it.

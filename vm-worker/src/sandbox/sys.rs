@@ -8,7 +8,8 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::exit::{SECCOMP_VIOLATION_PREFIX, WorkerExit};
+use protocol::WorkerExit;
+use protocol::exit::{SECCOMP_REPORT_MAX, format_seccomp_report};
 
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
@@ -445,44 +446,17 @@ struct SigsysInfo {
     arch: libc::c_uint,
 }
 
-/// Formats the violation line into `buf`: prefix, decimal number, newline.
-/// No allocation, no locks: usable from a signal handler.
-fn format_violation(buf: &mut [u8; 96], nr: i64) -> usize {
-    let prefix = SECCOMP_VIOLATION_PREFIX.as_bytes();
-    let mut len = prefix.len().min(buf.len() - 24);
-    buf[..len].copy_from_slice(&prefix[..len]);
-    if nr < 0 {
-        buf[len] = b'-';
-        len += 1;
-    }
-    let mut digits = [0u8; 20];
-    let mut n = nr.unsigned_abs();
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let d = &digits[i..];
-    buf[len..len + d.len()].copy_from_slice(d);
-    len += d.len();
-    buf[len] = b'\n';
-    len + 1
-}
-
 extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers;
     // for SIGSYS its union holds `_sigsys`, laid out as SigsysInfo.
     let nr = unsafe { (*info.cast::<SigsysInfo>()).syscall };
-    let mut buf = [0u8; 96];
-    let len = format_violation(&mut buf, i64::from(nr));
+    // protocol's formatter neither allocates nor locks.
+    let mut buf = [0u8; SECCOMP_REPORT_MAX];
+    let line = format_seccomp_report(i64::from(nr), &mut buf);
     // SAFETY: write(2) and _exit(2) are async-signal-safe and both allowed
-    // by the worker filter; `buf` is valid for `len` bytes.
+    // by the worker filter; `line` is valid for its length.
     unsafe {
-        libc::write(2, buf.as_ptr().cast(), len);
+        libc::write(2, line.as_ptr().cast(), line.len());
         libc::_exit(WorkerExit::SeccompViolation.code());
     }
 }
@@ -586,28 +560,4 @@ pub fn borrow_inherited(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
     // SAFETY: callers pass stdio or an fd from the plan's keep_fds: it was
     // inherited open and the worker never closes it.
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn violation_line_names_the_syscall() {
-        let mut buf = [0u8; 96];
-        let len = format_violation(&mut buf, 41);
-        assert_eq!(
-            std::str::from_utf8(&buf[..len]).unwrap(),
-            "bulkhead-worker: seccomp violation: syscall 41\n"
-        );
-    }
-
-    #[test]
-    fn violation_line_handles_zero_and_large_numbers() {
-        let mut buf = [0u8; 96];
-        let len = format_violation(&mut buf, 0);
-        assert!(buf[..len].ends_with(b"syscall 0\n"));
-        let len = format_violation(&mut buf, i64::from(i32::MAX));
-        assert!(buf[..len].ends_with(b"syscall 2147483647\n"));
-    }
 }
