@@ -59,6 +59,7 @@ fn pc(kernel: Vec<u8>, com1: Capture) -> Pc {
         debug_console: None,
         debug_exit: true,
         clock: None,
+        port_hook: None,
     })
     .expect("machine")
 }
