@@ -130,10 +130,15 @@ struct Daemon {
     child: Option<Child>,
     dir: tempfile::TempDir,
     uid_base: u32,
+    worker: PathBuf,
 }
 
 impl Daemon {
     fn new(test: &str) -> Daemon {
+        Daemon::with_worker(test, worker())
+    }
+
+    fn with_worker(test: &str, worker: PathBuf) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         static N: AtomicU32 = AtomicU32::new(0);
@@ -143,6 +148,7 @@ impl Daemon {
             child: None,
             dir,
             uid_base,
+            worker,
         };
         if !is_root() {
             eprintln!("{test}: not root: the daemon runs with --allow-weaker-sandbox");
@@ -172,7 +178,7 @@ impl Daemon {
             .arg("--state-dir")
             .arg(self.state())
             .args(["--uid-base", &self.uid_base.to_string()])
-            .env("BULKHEAD_WORKER", worker())
+            .env("BULKHEAD_WORKER", &self.worker)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -615,4 +621,142 @@ fn another_uid_cannot_see_or_control_a_vm() {
     let list = d.ok(&["vm", "list", "--json"]);
     assert_eq!(list.as_array().unwrap().len(), 2);
     assert_eq!(d.info("theirs")["owner_uid"], 54_321);
+}
+
+#[test]
+fn console_and_follow_stream_serial_output_and_take_input() {
+    let d = Daemon::new("console");
+    d.create("con-a", Guest::Ticks, &[]);
+    d.ok(&["vm", "start", "con-a"]);
+    let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(b"{\"v\":1,\"op\":\"vm.console\",\"name\":\"con-a\"}\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while got.matches_ticks() < 2 {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "console closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("{\"ok\":true}\n"), "{text}");
+    // Input reaches the guest's COM1 (the guest ignores it).
+    s.write_all(b"hello guest\n").unwrap();
+
+    let mut f = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    f.set_read_timeout(Some(TIMEOUT)).unwrap();
+    f.write_all(b"{\"v\":1,\"op\":\"vm.logs\",\"name\":\"con-a\",\"follow\":true}\n")
+        .unwrap();
+    let mut got = Vec::new();
+    while got.windows(8).filter(|w| w == b"\"serial\"").count() < 2 {
+        let n = f.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("{\"data\":\"BOOT\\nTICK") || text.contains("\"ok\":true"),
+        "{text}"
+    );
+}
+
+trait Ticks {
+    fn matches_ticks(&self) -> usize;
+}
+
+impl Ticks for Vec<u8> {
+    fn matches_ticks(&self) -> usize {
+        self.windows(4).filter(|w| w == b"TICK").count()
+    }
+}
+
+#[test]
+fn workers_die_with_a_killed_daemon() {
+    let mut d = Daemon::new("daemon_death");
+    d.create("orphan-a", Guest::Ticks, &[]);
+    d.ok(&["vm", "start", "orphan-a"]);
+    let pid = d.info("orphan-a")["pid"].as_u64().unwrap() as i32;
+    let mut daemon = d.child.take().unwrap();
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    // SAFETY: signal 0 only probes whether the pid exists.
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        // The worker is no child of ours: it is reaped by init.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.contains(") Z") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker {pid} outlived its daemon"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A fake worker: garbage on the control socket for VMs named `garbage*`,
+/// a seccomp report and exit 67 for the others.
+fn hostile_worker(dir: &Path) -> PathBuf {
+    let path = dir.join("hostile-worker");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\n\
+         case \"$*\" in\n\
+         *garbage*) printf '\\003\\000\\000\\000\\377\\377\\377' >&3; exec sleep 30 ;;\n\
+         *) echo 'bulkhead-worker: seccomp violation: syscall 41' >&2; exit 67 ;;\n\
+         esac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn hostile_workers_are_classified_as_violations() {
+    let tools = tempfile::tempdir().unwrap();
+    let d = Daemon::with_worker("hostile", hostile_worker(tools.path()));
+    d.create("garbage-a", Guest::Ticks, &[]);
+    let out = d.cli(&["vm", "start", "garbage-a"]);
+    assert_eq!(out.status.code(), Some(1));
+    let info = d.wait_info("garbage-a", "an exit", |i| !i["last_exit"].is_null());
+    assert_eq!(info["last_exit"]["kind"], "protocol_violation", "{info}");
+    assert_eq!(info["state"], "stopped", "{info}");
+
+    d.create("sys-a", Guest::Ticks, &[]);
+    let out = d.cli(&["vm", "start", "sys-a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("socket (41)"));
+    let info = d.wait_info("sys-a", "an exit", |i| !i["last_exit"].is_null());
+    assert_eq!(info["last_exit"]["kind"], "seccomp", "{info}");
+}
+
+#[test]
+fn quotas_limit_non_root_callers() {
+    let test = "quotas_limit_non_root_callers";
+    if !is_root() {
+        eprintln!("SKIPPED {test}: needs root to run the client as another uid");
+        return;
+    }
+    let d = Daemon::new(test);
+    d.write_policy("max_vms_per_uid = 1\nmax_memory_mib_per_uid = 20\n");
+    let mut d = d;
+    d.stop();
+    d.start();
+    let kernel = d.kernel(Guest::Ticks);
+    let other = Some(54_322);
+    let create = |name: &str, mib: &str| {
+        d.cli_as(
+            other,
+            &["vm", "create", name, "--memory", mib, "--kernel", &kernel],
+        )
+    };
+    assert_eq!(create("q-big", "32").status.code(), Some(5));
+    assert!(create("q-a", "16").status.success());
+    let out = create("q-b", "1");
+    assert_eq!(out.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limit"));
+    // Root is not limited.
+    d.create("q-root", Guest::Ticks, &[]);
 }
