@@ -694,6 +694,14 @@ fn workers_die_with_a_killed_daemon() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Nobody removed the worker's cgroup: do it here.
+    for c in ["", "memory/", "cpu/", "pids/"] {
+        let dir = PathBuf::from(format!("/sys/fs/cgroup/{c}bulkhead/orphan-a"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while dir.exists() && std::fs::remove_dir(&dir).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// A fake worker: garbage on the control socket for VMs named `garbage*`,
