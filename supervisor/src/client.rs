@@ -9,7 +9,7 @@ use crate::api::{self, ApiError, Request};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "cannot reach the daemon at {path}: {source}. Is `bulkhead serve` running? (set --socket or BULKHEAD_SOCKET)"
+        "cannot reach the daemon at {path} (is `bulkhead serve` running? set --socket or BULKHEAD_SOCKET)"
     )]
     Connect { path: PathBuf, source: io::Error },
     #[error("talking to the daemon: {0}")]
