@@ -17,6 +17,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use iced_x86::code_asm::*;
 use protocol::{
     BootSource, DebugFlags, FramebufferSize, FromWorker, Hello, ToWorker, VmState, WorkerConfig,
     fds,
@@ -384,4 +385,55 @@ pub fn smaps_kib(pid: u32, key: &str) -> u64 {
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no {key} in smaps_rollup of {pid}"))
+}
+
+/// The byte [`idle_kernel`]'s first OUT sends to COM1.
+pub const FIRST_BYTE: u8 = b'!';
+
+/// A Multiboot kernel (a.out kludge, loaded at 1 MiB) whose first three
+/// instructions put [`FIRST_BYTE`] on COM1 (no waiting on the line status:
+/// the transmitter of a fresh UART is empty), then print "IDLE\n", mask
+/// both PICs and halt with interrupts enabled: an idle guest with no
+/// timer, which stays halted until the supervisor ends it.
+pub fn idle_kernel() -> Vec<u8> {
+    const ORG: u32 = 0x10_0000;
+    const MAGIC: u32 = 0x1BAD_B002;
+    const FLAGS: u32 = (1 << 16) | 0b10;
+    let build = || -> Result<Vec<u8>, IcedError> {
+        let mut a = CodeAssembler::new(32)?;
+        a.dd(&[
+            MAGIC,
+            FLAGS,
+            0u32.wrapping_sub(MAGIC.wrapping_add(FLAGS)),
+            ORG,      // header_addr
+            ORG,      // load_addr
+            0,        // load_end_addr: the whole file
+            0,        // bss_end_addr: none
+            ORG + 32, // entry: right after this header
+        ])?;
+        a.mov(dx, 0x3F8)?;
+        a.mov(al, u32::from(FIRST_BYTE))?;
+        a.out(dx, al)?;
+        for &byte in b"IDLE\n" {
+            let mut wait = a.create_label();
+            a.set_label(&mut wait)?;
+            a.mov(dx, 0x3FD)?;
+            a.in_(al, dx)?;
+            a.test(al, 0x20)?;
+            a.jz(wait)?;
+            a.mov(dx, 0x3F8)?;
+            a.mov(al, u32::from(byte))?;
+            a.out(dx, al)?;
+        }
+        a.mov(al, 0xFF)?;
+        a.out(0x21, al)?;
+        a.out(0xA1, al)?;
+        a.sti()?;
+        let mut idle = a.create_label();
+        a.set_label(&mut idle)?;
+        a.hlt()?;
+        a.jmp(idle)?;
+        a.assemble(u64::from(ORG))
+    };
+    build().expect("assemble the idle kernel")
 }
