@@ -96,6 +96,9 @@ fn measure(mut cmd: Command) -> Option<(f64, u64)> {
     Some((secs?, usage.ru_maxrss as u64))
 }
 
+/// An engine's name and how to start it.
+type Engine<'a> = (&'static str, Box<dyn Fn() -> Command + 'a>);
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -159,7 +162,7 @@ fn main() {
         c
     };
     let mut results: Vec<(&str, Vec<f64>, u64)> = Vec::new();
-    let mut engines: Vec<(&str, Box<dyn Fn() -> Command>)> = vec![("bulkhead", Box::new(ours))];
+    let mut engines: Vec<Engine> = vec![("bulkhead", Box::new(ours))];
     if peers {
         engines.push(("qemu-tcg", Box::new(qemu)));
     }
