@@ -79,7 +79,14 @@ fn is_root() -> bool {
 /// The worker, built with the release profile next to `bulkhead`.
 fn worker() -> PathBuf {
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "vm-worker", "--bin", "bulkhead-worker"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "vm-worker",
+            "--bin",
+            "bulkhead-worker",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("run cargo build for the worker");
@@ -273,7 +280,9 @@ impl Console {
             let mut inner = reader.into_inner();
             let mut buf = [0u8; 4096];
             while let Ok(n @ 1..) = inner.read(&mut buf) {
-                sink.lock().unwrap().push((Instant::now(), buf[..n].to_vec()));
+                sink.lock()
+                    .unwrap()
+                    .push((Instant::now(), buf[..n].to_vec()));
             }
         });
         Console {
@@ -366,7 +375,10 @@ fn bench_boot(worker: &Path, boots: usize) -> Value {
             std::thread::sleep(Duration::from_millis(20));
         };
         to_marker.push(ms(at - start));
-        eprintln!("boot {i}: vm start to marker {:.1} s", ms(at - start) / 1000.0);
+        eprintln!(
+            "boot {i}: vm start to marker {:.1} s",
+            ms(at - start) / 1000.0
+        );
         call(
             &mut c,
             Request::Stop {
@@ -447,7 +459,11 @@ fn bench_crash(worker: &Path, kills: usize) -> Value {
 fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(p) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
@@ -619,10 +635,16 @@ fn print_tables(all: &Value) {
     println!("| from the kill to | median | max |");
     println!("|---|---|---|");
     for (key, what) in [
-        ("kill_to_exit_recorded_ms", "the daemon's record of the exit"),
+        (
+            "kill_to_exit_recorded_ms",
+            "the daemon's record of the exit",
+        ),
         ("kill_to_worker_spawned_ms", "the new worker spawned"),
         ("kill_to_running_ms", "running (Ready and Start)"),
-        ("kill_to_first_serial_byte_ms", "the guest's first COM1 byte"),
+        (
+            "kill_to_first_serial_byte_ms",
+            "the guest's first COM1 byte",
+        ),
     ] {
         println!(
             "| {what} | {} ms | {} ms |",
