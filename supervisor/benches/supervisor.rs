@@ -360,7 +360,7 @@ fn bench_boot(worker: &Path, boots: usize) -> Value {
         let console = Console::attach(&d, "bench-deb");
         let start = Instant::now();
         call(
-            &mut c,
+            &mut d.client(),
             Request::Start {
                 name: "bench-deb".into(),
             },
@@ -379,8 +379,9 @@ fn bench_boot(worker: &Path, boots: usize) -> Value {
             "boot {i}: vm start to marker {:.1} s",
             ms(at - start) / 1000.0
         );
+        // A fresh connection: the daemon drops one idle for 30 s.
         call(
-            &mut c,
+            &mut d.client(),
             Request::Stop {
                 name: "bench-deb".into(),
                 force: true,
