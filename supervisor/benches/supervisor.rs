@@ -250,10 +250,13 @@ fn info(c: &mut Client, name: &str) -> Value {
         .clone()
 }
 
+/// Serial output as it arrived: (when, bytes).
+type Received = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
+
 /// COM1 output of one VM as it arrives, with arrival times (a
 /// `vm.console` connection; it survives restarts).
 struct Console {
-    received: Arc<Mutex<Vec<(Instant, Vec<u8>)>>>,
+    received: Received,
     stream: UnixStream,
     reader: Option<std::thread::JoinHandle<()>>,
 }
@@ -268,7 +271,7 @@ impl Console {
             },
         );
         let (mut reader, writer) = client.into_parts();
-        let received: Arc<Mutex<Vec<(Instant, Vec<u8>)>>> = Arc::default();
+        let received: Received = Arc::default();
         let sink = received.clone();
         let reader = std::thread::spawn(move || {
             // Bytes already buffered after the reply line come first.
