@@ -65,7 +65,7 @@ enum Command {
 const RUN_HELP: &str = "\
 Serial console: on a terminal, COM1 is the terminal in raw mode (every key goes
 to the guest). Escape key: Ctrl-] then q quits (the worker is shut down);
-Ctrl-] Ctrl-] sends one Ctrl-]. When stdin or stdout is not a terminal, COM1
+Ctrl-] Ctrl-] sends one Ctrl-]. When stdin is not a terminal, COM1
 reads stdin and writes stdout unchanged (no escape key; EOF on stdin leaves the
 guest running).
 
@@ -75,8 +75,8 @@ names what is missing, unless --allow-weaker-sandbox.
 
 Exit status (one line on stderr says why):
   0  the guest powered off
-  1  error (bad arguments or images, no sandbox, stopped by a signal)
-  2  usage
+  1  error (unreadable images, no sandbox, stopped by a signal)
+  2  usage (bad command line or values)
   3  the guest triple-faulted or halted with interrupts off
   4  the worker crashed or violated the sandbox (the reason names the syscall)
   5  quit with the escape key";

@@ -161,6 +161,24 @@ impl RunHost for Console {
     fn stop_requested(&self) -> bool {
         self.quit().is_some()
     }
+
+    /// The worker's own lines (protections skipped in the weaker mode, a
+    /// seccomp report, a panic) are the operator's to see.
+    fn worker_stderr(&self, bytes: &[u8]) {
+        let mut err = std::io::stderr().lock();
+        let _ = if self.raw {
+            let mut text = Vec::with_capacity(bytes.len() + 8);
+            for &b in bytes {
+                if b == b'\n' {
+                    text.push(b'\r');
+                }
+                text.push(b);
+            }
+            err.write_all(&text)
+        } else {
+            err.write_all(bytes)
+        };
+    }
 }
 
 /// Runs the VM to its end; returns the exit status. Prints one line to
@@ -187,7 +205,9 @@ fn run_inner(opts: RunOptions) -> Result<(RunExit, String), String> {
         restart: Default::default(),
         autostart: false,
     };
-    def.validate().map_err(|e| e.to_string())?;
+    if let Err(e) = def.validate() {
+        return Ok((RunExit::Usage, e.to_string()));
+    }
     if sys::getuid() != 0 && !opts.allow_weaker_sandbox {
         return Err(not_root_message(&opts.worker));
     }

@@ -192,6 +192,9 @@ pub trait RunHost: Send + Sync {
     fn log(&self, line: &str);
     /// Whether the end of this run was asked for (not a failure).
     fn stop_requested(&self) -> bool;
+    /// Bytes the worker wrote to stderr (they are also kept for the
+    /// classification).
+    fn worker_stderr(&self, _bytes: &[u8]) {}
 }
 
 impl RunHost for RunCtx {
@@ -318,7 +321,10 @@ pub async fn drive(
                 _ => ser_eof = true,
             },
             n = read_opt(&mut stderr, &mut ebuf), if !err_eof => match n {
-                Ok(n) if n > 0 => keep_tail(&mut obs.stderr, &ebuf[..n], STDERR_TAIL),
+                Ok(n) if n > 0 => {
+                    host.worker_stderr(&ebuf[..n]);
+                    keep_tail(&mut obs.stderr, &ebuf[..n], STDERR_TAIL);
+                }
                 _ => err_eof = true,
             },
             _ = tokio::time::sleep_until(deadline), if phase != Phase::Running && obs.violation.is_none() => {
@@ -339,7 +345,10 @@ pub async fn drive(
     }
     while !err_eof {
         match tokio::time::timeout(drain, read_opt(&mut stderr, &mut ebuf)).await {
-            Ok(Ok(n)) if n > 0 => keep_tail(&mut obs.stderr, &ebuf[..n], STDERR_TAIL),
+            Ok(Ok(n)) if n > 0 => {
+                host.worker_stderr(&ebuf[..n]);
+                keep_tail(&mut obs.stderr, &ebuf[..n], STDERR_TAIL);
+            }
             _ => err_eof = true,
         }
     }

@@ -3,6 +3,8 @@
 //! assembled here, with stdin/stdout piped.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -295,4 +297,69 @@ fn stdin_reaches_the_guest_and_its_echo_comes_back_on_stdout() {
     let (status, _, stderr) = run.finish();
 
     assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+}
+
+#[test]
+fn a_sandbox_violation_exits_4_naming_the_syscall() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = dir.path().join("hostile-worker");
+    std::fs::write(
+        &hostile,
+        "#!/bin/sh\necho 'bulkhead-worker: seccomp violation: syscall 41' >&2\nexit 67\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hostile, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kernel_path = dir.path().join("kernel.bin");
+    std::fs::write(&kernel_path, kernel(Guest::Hello)).unwrap();
+
+    let out = Command::new(BIN)
+        .args(["run", "--allow-weaker-sandbox", "--kernel"])
+        .arg(&kernel_path)
+        .env("BULKHEAD_WORKER", &hostile)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "stderr: {stderr}");
+    assert!(
+        stderr.contains("forbidden syscall socket (41)"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn without_root_run_refuses_and_names_what_is_missing() {
+    let test = "without_root_run_refuses_and_names_what_is_missing";
+    if !is_root() {
+        eprintln!("SKIPPED {test}: needs root to run as another uid");
+        return;
+    }
+    let nobody = 65534;
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--kernel", "/nonexistent/kernel"])
+        .env("BULKHEAD_WORKER", worker())
+        .stdin(Stdio::null());
+    // SAFETY: setgroups/setgid/setuid only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(nobody) != 0
+                || libc::setuid(nobody) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+
+    let out = cmd.output().unwrap();
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("needs root"), "stderr: {stderr}");
+    assert!(
+        stderr.contains("--allow-weaker-sandbox"),
+        "stderr: {stderr}"
+    );
 }
