@@ -713,7 +713,7 @@ pub async fn start_vm(d: &Arc<Daemon>, name: &str, restart: bool) -> Result<u32,
         }
         vm.generation += 1;
         vm.status = Status::Starting;
-        let prepared = worker::prepare(d, &vm.def, slot);
+        let prepared = worker::prepare(&worker::Spawn::for_daemon(d, &vm.def, slot), &vm.def);
         let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {

@@ -5,6 +5,7 @@
 //! - [`config`]: VM definitions, the policy, default paths.
 //! - [`daemon`]: the VM table, the API server, restart policy, shutdown.
 //! - [`worker`]: one worker run: spawn, handshake, supervise, classify.
+//! - [`run`]: `bulkhead run`, one VM in the foreground without a daemon.
 //! - [`serial`]: serial logs and forensics tails.
 //! - [`client`]: talking to the daemon.
 
@@ -13,6 +14,7 @@ pub mod base64;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod run;
 pub mod serial;
 mod sys;
 pub mod worker;

@@ -1,7 +1,8 @@
-//! `bulkhead`: the supervisor daemon (`serve`) and its command-line client.
+//! `bulkhead`: the supervisor daemon (`serve`), its command-line client
+//! and `run` (one VM in the foreground, no daemon).
 //!
 //! Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 permission denied,
-//! 5 conflict or quota (docs/api.md).
+//! 5 conflict or quota (docs/api.md); `run` has its own (docs/run.md).
 
 use std::io::{BufRead, Read, Write};
 use std::os::fd::AsRawFd;
@@ -48,6 +49,9 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         uid_base: u32,
     },
+    /// Run one VM in the foreground, without a daemon; COM1 is the terminal.
+    #[command(after_help = RUN_HELP)]
+    Run(RunArgs),
     /// Manage VMs.
     #[command(subcommand)]
     Vm(VmCommand),
@@ -56,6 +60,50 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+const RUN_HELP: &str = "\
+Serial console: on a terminal, COM1 is the terminal in raw mode (every key goes
+to the guest). Escape key: Ctrl-] then q quits (the worker is shut down);
+Ctrl-] Ctrl-] sends one Ctrl-]. When stdin is not a terminal, COM1
+reads stdin and writes stdout unchanged (no escape key; EOF on stdin leaves the
+guest running).
+
+The worker is fully sandboxed, which needs root: it runs as a uid/gid of its
+own (--uid) in the cgroup bulkhead/run-<pid>. Without root, `run` refuses and
+names what is missing, unless --allow-weaker-sandbox.
+
+Exit status (one line on stderr says why):
+  0  the guest powered off
+  1  error (unreadable images, no sandbox, stopped by a signal)
+  2  usage (bad command line or values)
+  3  the guest triple-faulted or halted with interrupts off
+  4  the worker crashed or violated the sandbox (the reason names the syscall)
+  5  quit with the escape key";
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The kernel: a bzImage or a Multiboot image.
+    #[arg(long)]
+    kernel: PathBuf,
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "")]
+    append: String,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 128)]
+    memory: u32,
+    /// At exit, save the last frame of the screen as this PNG.
+    #[arg(long, value_name = "FILE.png")]
+    screenshot: Option<PathBuf>,
+    /// The worker's uid and gid (default: 150000 + pid % 50000).
+    #[arg(long)]
+    uid: Option<u32>,
+    /// Run even where the full sandbox is not available (`bulkhead
+    /// doctor` lists what is missing). Never the default.
+    #[arg(long)]
+    allow_weaker_sandbox: bool,
 }
 
 #[derive(Subcommand)]
@@ -143,7 +191,11 @@ enum VmCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let command = match cli.command {
+        Command::Run(args) => return run_foreground(args),
+        command => command,
+    };
+    match run(cli.socket, command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bulkhead: {e:#}");
@@ -159,9 +211,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    let socket = config::client_socket(cli.socket.clone());
-    match cli.command {
+fn run(socket_arg: Option<PathBuf>, command: Command) -> Result<()> {
+    let socket = config::client_socket(socket_arg.clone());
+    match command {
         Command::Serve {
             state_dir,
             allow_weaker_sandbox,
@@ -169,7 +221,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let opts = daemon::Options {
                 state_dir: state_dir.unwrap_or_else(config::default_state_dir),
-                socket: cli.socket.unwrap_or_else(config::default_socket),
+                socket: socket_arg.unwrap_or_else(config::default_socket),
                 allow_weaker_sandbox,
                 uid_base,
                 worker: supervisor::worker::find_worker(),
@@ -181,9 +233,26 @@ fn run(cli: Cli) -> Result<()> {
                 .context("starting the runtime")?;
             rt.block_on(daemon::serve(opts)).map_err(|e| anyhow!(e))
         }
+        // `main` runs it: its exit status is its own.
+        Command::Run(_) => Err(anyhow!("`run` is not a client command")),
         Command::Doctor { json } => doctor(json),
         Command::Vm(cmd) => vm(&socket, cmd),
     }
+}
+
+/// `bulkhead run`: its exit status is its own (`RUN_HELP`).
+fn run_foreground(args: RunArgs) -> ExitCode {
+    let code = supervisor::run::run(supervisor::run::RunOptions {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        append: args.append,
+        memory_mib: args.memory,
+        screenshot: args.screenshot,
+        uid: args.uid,
+        allow_weaker_sandbox: args.allow_weaker_sandbox,
+        worker: supervisor::worker::find_worker(),
+    });
+    ExitCode::from(code as u8)
 }
 
 fn call(socket: &Path, req: &Request) -> Result<Value> {

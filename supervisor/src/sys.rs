@@ -61,7 +61,7 @@ pub fn place_fds(placed: &[(RawFd, RawFd)], all: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
-/// A terminal in raw mode until dropped (for `vm console`).
+/// A terminal in raw mode until dropped (for `vm console` and `run`).
 pub struct RawTerminal {
     fd: RawFd,
     saved: libc::termios,
@@ -87,9 +87,32 @@ impl RawTerminal {
     }
 }
 
+impl RawTerminal {
+    /// A copy of what `drop` restores, for a panic hook.
+    pub fn restorer(&self) -> TermRestore {
+        TermRestore {
+            fd: self.fd,
+            saved: self.saved,
+        }
+    }
+}
+
 impl Drop for RawTerminal {
     fn drop(&mut self) {
-        // SAFETY: restores the attributes read in `enter`.
+        self.restorer().restore();
+    }
+}
+
+/// Terminal attributes to put back.
+#[derive(Clone, Copy)]
+pub struct TermRestore {
+    fd: RawFd,
+    saved: libc::termios,
+}
+
+impl TermRestore {
+    pub fn restore(&self) {
+        // SAFETY: restores attributes read by tcgetattr on this fd.
         unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
     }
 }

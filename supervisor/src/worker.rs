@@ -56,8 +56,30 @@ pub struct RunCtx {
     pub def: VmDef,
 }
 
-fn worker_binary(d: &Daemon) -> &Path {
-    &d.opts.worker
+/// How to spawn one worker: everything [`prepare`] needs besides the VM
+/// definition. The daemon fills it from its options and the VM's slot;
+/// `bulkhead run` from its command line.
+pub struct Spawn<'a> {
+    /// The `bulkhead-worker` binary.
+    pub worker: &'a Path,
+    /// The worker's own uid and gid (so workers cannot signal each other).
+    pub uid: u32,
+    /// The worker's cgroup, under `bulkhead/`.
+    pub cgroup: &'a str,
+    /// Pass `--allow-weaker` (the operator's explicit choice).
+    pub allow_weaker: bool,
+}
+
+impl<'a> Spawn<'a> {
+    /// The daemon's spawn of the VM `def` in `slot`.
+    pub fn for_daemon(d: &'a Daemon, def: &'a VmDef, slot: u32) -> Spawn<'a> {
+        Spawn {
+            worker: &d.opts.worker,
+            uid: d.opts.uid_base.saturating_add(slot),
+            cgroup: &def.name,
+            allow_weaker: d.opts.allow_weaker_sandbox,
+        }
+    }
 }
 
 /// The worker binary: `BULKHEAD_WORKER`, else `bulkhead-worker` next to
@@ -81,7 +103,7 @@ fn open_image(path: &Path) -> Result<OwnedFd, String> {
 /// Opens the images, creates the channels and spawns the worker. Must run
 /// on a thread that outlives the worker (the worker's parent-death signal
 /// fires when the spawning thread ends): the runtime's threads do.
-pub fn prepare(d: &Daemon, def: &VmDef, slot: u32) -> Result<Prepared, String> {
+pub fn prepare(spawn: &Spawn, def: &VmDef) -> Result<Prepared, String> {
     let kernel = open_image(&def.kernel)?;
     let initrd = def.initrd.as_deref().map(open_image).transpose()?;
     let (control, control_theirs) =
@@ -92,16 +114,16 @@ pub fn prepare(d: &Daemon, def: &VmDef, slot: u32) -> Result<Prepared, String> {
         .map_err(|e| format!("framebuffer: {e}"))?;
     let memfd_theirs = memfd.try_clone().map_err(|e| format!("framebuffer: {e}"))?;
 
-    let uid = d.opts.uid_base.saturating_add(slot);
-    let mut cmd = tokio::process::Command::new(worker_binary(d));
+    let uid = spawn.uid.to_string();
+    let mut cmd = tokio::process::Command::new(spawn.worker);
     cmd.arg("run")
-        .args(["--uid", &uid.to_string(), "--gid", &uid.to_string()])
-        .args(["--cgroup", &def.name])
+        .args(["--uid", &uid, "--gid", &uid])
+        .args(["--cgroup", spawn.cgroup])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    if d.opts.allow_weaker_sandbox {
+    if spawn.allow_weaker {
         cmd.arg("--allow-weaker");
     }
     let mut placed: Vec<(RawFd, RawFd)> = vec![
@@ -121,7 +143,7 @@ pub fn prepare(d: &Daemon, def: &VmDef, slot: u32) -> Result<Prepared, String> {
     }
     let child = cmd
         .spawn()
-        .map_err(|e| format!("spawning {}: {e}", worker_binary(d).display()))?;
+        .map_err(|e| format!("spawning {}: {e}", spawn.worker.display()))?;
     drop((control_theirs, serial_theirs, memfd_theirs, kernel, initrd));
 
     let to_tokio = |s: std::os::unix::net::UnixStream| {
@@ -138,7 +160,7 @@ pub fn prepare(d: &Daemon, def: &VmDef, slot: u32) -> Result<Prepared, String> {
         memfd: Arc::new(memfd),
         control_tx,
         control_rx,
-        cgroup: def.name.clone(),
+        cgroup: spawn.cgroup.to_string(),
     })
 }
 
@@ -157,18 +179,104 @@ struct Observed {
     stderr: Vec<u8>,
 }
 
-/// The supervise task of one run.
-pub async fn supervise(
-    ctx: RunCtx,
+/// Where the events of one run go: the daemon's VM table ([`RunCtx`]) or
+/// the terminal of `bulkhead run`.
+pub trait RunHost: Send + Sync {
+    /// The VM's name, for log lines.
+    fn name(&self) -> &str;
+    /// Bytes the guest wrote to COM1.
+    fn serial_output(&self, bytes: &[u8]);
+    /// The worker reported a state change (Running after Ready).
+    fn status(&self, status: Status);
+    /// A line for the operator (worker log lines, violations).
+    fn log(&self, line: &str);
+    /// Whether the end of this run was asked for (not a failure).
+    fn stop_requested(&self) -> bool;
+    /// Bytes the worker wrote to stderr (they are also kept for the
+    /// classification).
+    fn worker_stderr(&self, _bytes: &[u8]) {}
+}
+
+impl RunHost for RunCtx {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn serial_output(&self, bytes: &[u8]) {
+        if let Ok(mut log) = self.log.lock() {
+            log.append(bytes);
+        }
+        let _ = self.console.send(Arc::from(bytes));
+    }
+
+    fn status(&self, status: Status) {
+        daemon::set_status(&self.daemon, &self.name, self.generation, status);
+    }
+
+    fn log(&self, line: &str) {
+        eprintln!("bulkhead: {}: {line}", self.name);
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.daemon
+            .vms()
+            .get(&self.name)
+            .and_then(|vm| vm.run.as_ref().map(|r| r.stop_requested))
+            .unwrap_or(false)
+    }
+}
+
+/// How a run ended.
+pub struct Ended {
+    pub record: ExitRecord,
+    /// The worker's exit, if its status was collected.
+    pub outcome: Option<WorkerOutcome>,
+}
+
+/// The supervise task of one daemon run.
+pub async fn supervise(ctx: RunCtx, p: Prepared, started: oneshot::Sender<Result<u32, String>>) {
+    let memfd = p.memfd.clone();
+    let cgroup = p.cgroup.clone();
+    let serial_in = ctx.serial_in.clone();
+    let Ended { record, .. } = drive(&ctx, &ctx.def, serial_in, p, Some(started)).await;
+    eprintln!("bulkhead: {}: worker ended: {}", ctx.name, record.reason);
+
+    let crash = if record.failure {
+        let dir = ctx.daemon.state.forensics(&ctx.name);
+        let tail = ctx.log.lock().map(|l| l.tail()).unwrap_or_default();
+        let rec = record.clone();
+        tokio::task::spawn_blocking(move || write_forensics(&dir, &rec, &tail, &memfd))
+            .await
+            .ok()
+            .and_then(|r| {
+                r.map_err(|e| eprintln!("bulkhead: writing forensics: {e}"))
+                    .ok()
+            })
+    } else {
+        None
+    };
+    let _ = tokio::task::spawn_blocking(move || remove_cgroup(&cgroup)).await;
+    daemon::run_ended(&ctx.daemon, &ctx.name, ctx.generation, record, crash);
+}
+
+/// Runs one prepared worker to its end: the handshake (the VM `def`),
+/// control frames, serial bytes both ways (input from `serial_in`) and
+/// stderr; then classifies the exit. `started` hears the worker's pid once
+/// it runs the guest, or why it never did. The caller cleans up (the
+/// cgroup) with [`remove_cgroup`].
+pub async fn drive(
+    host: &dyn RunHost,
+    def: &VmDef,
+    serial_in: Arc<tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>>,
     mut p: Prepared,
-    started: oneshot::Sender<Result<u32, String>>,
-) {
-    let mut started = Some(started);
+    started: Option<oneshot::Sender<Result<u32, String>>>,
+) -> Ended {
+    let mut started = started;
     let pid = p.pid;
     let (mut ctl_r, ctl_w) = p.control.into_split();
     let (mut ser_r, ser_w) = p.serial.into_split();
     let writer = tokio::spawn(frame_writer(ctl_w, p.control_rx));
-    let serial_writer = tokio::spawn(serial_writer(ser_w, ctx.serial_in.clone()));
+    let serial_writer = tokio::spawn(serial_writer(ser_w, serial_in));
     let send = |tx: &mpsc::Sender<Vec<u8>>, frame: Result<Vec<u8>, protocol::EncodeError>| {
         if let Ok(frame) = frame {
             let _ = tx.try_send(frame);
@@ -195,25 +303,28 @@ pub async fn supervise(
                     continue;
                 }
                 decoder.push(&cbuf[..n]);
-                let result = drain_frames(&ctx, &mut decoder, &mut phase, &mut obs, &p.control_tx, &mut window);
+                let result = drain_frames(host, def, &mut decoder, &mut phase, &mut obs, &p.control_tx, &mut window);
                 if phase == Phase::Running
                     && let Some(tx) = started.take()
                 {
                     let _ = tx.send(Ok(pid.unwrap_or(0)));
                 }
                 if let Err(violation) = result {
-                    eprintln!("bulkhead: {}: protocol violation: {violation}; killing the worker", ctx.name);
+                    host.log(&format!("protocol violation: {violation}; killing the worker"));
                     obs.violation = Some(violation);
                     ctl_eof = true;
                     let _ = p.child.start_kill();
                 }
             }
             n = ser_r.read(&mut sbuf), if !ser_eof => match n {
-                Ok(n) if n > 0 => serial_output(&ctx, &sbuf[..n]),
+                Ok(n) if n > 0 => host.serial_output(&sbuf[..n]),
                 _ => ser_eof = true,
             },
             n = read_opt(&mut stderr, &mut ebuf), if !err_eof => match n {
-                Ok(n) if n > 0 => keep_tail(&mut obs.stderr, &ebuf[..n], STDERR_TAIL),
+                Ok(n) if n > 0 => {
+                    host.worker_stderr(&ebuf[..n]);
+                    keep_tail(&mut obs.stderr, &ebuf[..n], STDERR_TAIL);
+                }
                 _ => err_eof = true,
             },
             _ = tokio::time::sleep_until(deadline), if phase != Phase::Running && obs.violation.is_none() => {
@@ -228,48 +339,26 @@ pub async fn supervise(
     let drain = Duration::from_millis(500);
     while !ser_eof {
         match tokio::time::timeout(drain, ser_r.read(&mut sbuf)).await {
-            Ok(Ok(n)) if n > 0 => serial_output(&ctx, &sbuf[..n]),
+            Ok(Ok(n)) if n > 0 => host.serial_output(&sbuf[..n]),
             _ => ser_eof = true,
         }
     }
     while !err_eof {
         match tokio::time::timeout(drain, read_opt(&mut stderr, &mut ebuf)).await {
-            Ok(Ok(n)) if n > 0 => keep_tail(&mut obs.stderr, &ebuf[..n], STDERR_TAIL),
+            Ok(Ok(n)) if n > 0 => {
+                host.worker_stderr(&ebuf[..n]);
+                keep_tail(&mut obs.stderr, &ebuf[..n], STDERR_TAIL);
+            }
             _ => err_eof = true,
         }
     }
 
-    let stop_requested = ctx
-        .daemon
-        .vms()
-        .get(&ctx.name)
-        .and_then(|vm| vm.run.as_ref().map(|r| r.stop_requested))
-        .unwrap_or(false);
     let outcome = status.map(WorkerOutcome::from_status);
-    let record = classify(outcome, &obs, stop_requested);
-    eprintln!("bulkhead: {}: worker ended: {}", ctx.name, record.reason);
+    let record = classify(outcome, &obs, host.stop_requested());
     if let Some(tx) = started.take() {
         let _ = tx.send(Err(record.reason.clone()));
     }
-
-    let crash = if record.failure {
-        let dir = ctx.daemon.state.forensics(&ctx.name);
-        let tail = ctx.log.lock().map(|l| l.tail()).unwrap_or_default();
-        let memfd = p.memfd.clone();
-        let rec = record.clone();
-        tokio::task::spawn_blocking(move || write_forensics(&dir, &rec, &tail, &memfd))
-            .await
-            .ok()
-            .and_then(|r| {
-                r.map_err(|e| eprintln!("bulkhead: writing forensics: {e}"))
-                    .ok()
-            })
-    } else {
-        None
-    };
-    let cgroup = p.cgroup.clone();
-    let _ = tokio::task::spawn_blocking(move || remove_cgroup(&cgroup)).await;
-    daemon::run_ended(&ctx.daemon, &ctx.name, ctx.generation, record, crash);
+    Ended { record, outcome }
 }
 
 async fn read_opt(
@@ -288,17 +377,11 @@ fn keep_tail(buf: &mut Vec<u8>, bytes: &[u8], cap: usize) {
     buf.drain(..excess);
 }
 
-fn serial_output(ctx: &RunCtx, bytes: &[u8]) {
-    if let Ok(mut log) = ctx.log.lock() {
-        log.append(bytes);
-    }
-    let _ = ctx.console.send(Arc::from(bytes));
-}
-
 /// Decodes and validates every complete frame; `Err` is a protocol
 /// violation.
 fn drain_frames(
-    ctx: &RunCtx,
+    host: &dyn RunHost,
+    def: &VmDef,
     decoder: &mut protocol::FrameDecoder,
     phase: &mut Phase,
     obs: &mut Observed,
@@ -320,7 +403,7 @@ fn drain_frames(
                 Some(Err(e)) => return Err(format!("bad hello frame: {e}")),
                 Some(Ok(hello)) => {
                     protocol::check_hello(&hello).map_err(|e| e.to_string())?;
-                    let config = ctx_config(ctx);
+                    let config = worker_config(def);
                     send(&|| protocol::encode(&config));
                     *phase = Phase::Ready;
                 }
@@ -341,15 +424,15 @@ fn drain_frames(
                 if *phase != Phase::Ready {
                     return Err("Ready sent twice".into());
                 }
-                if info.ram_mib != ctx.def.memory_mib {
+                if info.ram_mib != def.memory_mib {
                     return Err(format!(
                         "Ready reports {} MiB, configured {}",
-                        info.ram_mib, ctx.def.memory_mib
+                        info.ram_mib, def.memory_mib
                     ));
                 }
                 send(&|| protocol::encode(&ToWorker::Start));
                 *phase = Phase::Running;
-                daemon::set_status(&ctx.daemon, &ctx.name, ctx.generation, Status::Running);
+                host.status(Status::Running);
             }
             _ if *phase != Phase::Running => {
                 // State and log messages before Ready are fine; guest
@@ -363,7 +446,7 @@ fn drain_frames(
                     VmState::Paused => Status::Paused,
                     _ => Status::Running,
                 };
-                daemon::set_status(&ctx.daemon, &ctx.name, ctx.generation, status);
+                host.status(status);
             }
             FromWorker::VideoMode(mode) => {
                 let max = protocol::framebuffer::MAX_DIMENSION;
@@ -385,9 +468,8 @@ fn drain_frames(
                 }
             }
             FromWorker::Log(line) => {
-                eprintln!(
-                    "bulkhead: {}: worker {:?}: {}{}",
-                    ctx.name,
+                host.log(&format!(
+                    "worker {:?}: {}{}",
                     line.level,
                     line.text.as_str().escape_debug(),
                     if line.dropped > 0 {
@@ -395,19 +477,19 @@ fn drain_frames(
                     } else {
                         String::new()
                     }
-                );
+                ));
             }
         }
     }
 }
 
-fn ctx_config(ctx: &RunCtx) -> WorkerConfig {
+fn worker_config(def: &VmDef) -> WorkerConfig {
     WorkerConfig {
-        ram_mib: ctx.def.memory_mib,
+        ram_mib: def.memory_mib,
         boot: BootSource::Linux {
             kernel_fd: fds::KERNEL,
-            initrd_fd: ctx.def.initrd.as_ref().map(|_| fds::INITRD),
-            cmdline: ctx.def.append.clone(),
+            initrd_fd: def.initrd.as_ref().map(|_| fds::INITRD),
+            cmdline: def.append.clone(),
         },
         framebuffer: Some(FramebufferSize {
             width: FB_WIDTH,
@@ -605,7 +687,7 @@ fn write_forensics(
 
 /// Removes the worker's cgroup (`bulkhead/NAME`, v2 or every v1
 /// controller); retries while the exiting tasks leave it.
-fn remove_cgroup(name: &str) {
+pub fn remove_cgroup(name: &str) {
     let root = Path::new("/sys/fs/cgroup");
     let dirs = [
         root.join("bulkhead").join(name),
