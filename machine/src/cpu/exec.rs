@@ -503,18 +503,31 @@ impl Cpu {
             && self.eip <= cs.hi
             && cs.hi - self.eip >= block.span.saturating_sub(1);
         self.stop_block = false;
+        let insns = &block.insns[..block.insns.len().min(max)];
+        if limit_ok && self.trace.is_none() {
+            self.run_insns::<false>(insns);
+        } else {
+            self.run_insns::<true>(insns);
+        }
+    }
+
+    /// Runs decoded instructions until one ends the block or faults.
+    /// `CHECKED`: check each against the CS limit and call the trace hook
+    /// (the block may run past the limit, or tracing is on).
+    #[inline(always)]
+    fn run_insns<const CHECKED: bool>(&mut self, insns: &[Insn]) {
         let ip_mask = if self.code32 { u32::MAX } else { 0xFFFF };
-        for d in block.insns.iter().take(max) {
-            if !limit_ok {
+        for d in insns {
+            if CHECKED {
                 let cs = &self.segs[Seg::CS as usize];
                 if self.eip > cs.hi || cs.hi - self.eip < d.len - 1 {
                     self.deliver_fault(Fault::GP0);
                     return;
                 }
-            }
-            if let Some(mut hook) = self.trace.take() {
-                hook(self, &d.i);
-                self.trace = Some(hook);
+                if let Some(mut hook) = self.trace.take() {
+                    hook(self, &d.i);
+                    self.trace = Some(hook);
+                }
             }
             self.next_eip = self.eip.wrapping_add(d.len) & ip_mask;
             match (d.handler)(self, d) {
