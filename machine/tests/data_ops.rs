@@ -913,3 +913,22 @@ fn sixteen_bit_operand_branch_in_32_bit_code_truncates_eip() {
     assert_eq!(gpr(&g, reg::EAX) & 0xFF, 0x33);
     assert_eq!(g.cpu.eip(), 0x17);
 }
+
+#[test]
+fn single_step_trap_waits_one_instruction_after_mov_ss() {
+    let mut g = real(|a| {
+        a.mov(bx, ss)?;
+        a.xor(cx, cx)?;
+        a.pushf()?;
+        a.pop(ax)?;
+        a.or(ax, 0x100)?; // TF
+        a.push(ax)?;
+        a.popf()?;
+        a.mov(ss, bx)?; // holds the trap off for one instruction
+        a.inc(cx)?; // the trap comes after this one
+        a.inc(cx)?;
+        a.hlt()
+    });
+    assert_eq!(fault_vector(&mut g), 1);
+    assert_eq!(gpr(&g, reg::ECX) & 0xFFFF, 1);
+}

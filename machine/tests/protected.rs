@@ -1082,7 +1082,6 @@ fn iret_from_cpl0_sets_iopl_and_cli_at_cpl3_is_then_allowed() {
 // ---- selector loads by guest instructions ----
 
 #[test]
-#[ignore = "needs data.rs MOV Sreg"]
 fn mov_ds_of_a_dpl0_segment_at_cpl3_is_gp_with_the_selector() {
     let mut pm = Pm::new();
     pm.enter_user(UCODE, 0x202, USTACK);
@@ -1094,7 +1093,6 @@ fn mov_ds_of_a_dpl0_segment_at_cpl3_is_gp_with_the_selector() {
 }
 
 #[test]
-#[ignore = "needs data.rs MOV Sreg"]
 fn mov_ss_of_a_not_present_segment_is_ss_fault() {
     let mut pm = Pm::new();
     pm.poke_u64(GDT + 0xA8, flat(0x12));
@@ -1106,7 +1104,6 @@ fn mov_ss_of_a_not_present_segment_is_ss_fault() {
 }
 
 #[test]
-#[ignore = "needs data.rs MOV"]
 fn access_through_a_null_data_segment_is_gp0() {
     let mut pm = Pm::new();
     pm.g.cpu.set_gpr(reg::EBX, 0);
@@ -1123,7 +1120,6 @@ fn access_through_a_null_data_segment_is_gp0() {
 }
 
 #[test]
-#[ignore = "needs data.rs MOV/PUSH"]
 fn syscall_style_round_trip_through_an_int_gate() {
     let mut pm = Pm::new();
     pm.set_gate(0x80, gate(K_CODE, HCODE, INT32, 3, 0));

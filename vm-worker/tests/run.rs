@@ -9,23 +9,18 @@
 //! sandbox; otherwise with `--no-sandbox` and a "SKIPPED" note for the
 //! sandbox part (and the tests that need it are skipped).
 
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::{Spawn, TIMEOUT, Worker, sandbox_available, status_field};
 use iced_x86::code_asm::*;
-use protocol::{
-    BootSource, DebugFlags, FbReader, FramebufferSize, FromWorker, GuestEvent, Hello, ToWorker,
-    VmState, WorkerConfig, WorkerExit, fds,
-};
-use vm_worker::sandbox::{self, cgroup};
+use protocol::{BootSource, FbReader, FromWorker, GuestEvent, ToWorker, VmState, WorkerExit, fds};
+use vm_worker::sandbox;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bulkhead-worker");
 const WIDTH: u32 = 320;
 const HEIGHT: u32 = 200;
 const FB: u64 = 0xFD00_0000;
@@ -34,7 +29,6 @@ const GREEN: u32 = 0x0000_FF00;
 /// Green pixel position.
 const GX: u32 = 100;
 const GY: u32 = 70;
-const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How the test guest ends after printing and drawing.
 #[derive(Clone, Copy)]
@@ -108,267 +102,25 @@ fn kernel(ending: Ending) -> Vec<u8> {
     build().expect("assemble the test kernel")
 }
 
-/// Whether this host gives the full sandbox (root, every protection).
-fn sandbox_available(test: &str) -> bool {
-    let host = sandbox::probe();
-    if !host.running_as_root {
-        eprintln!("SKIPPED the sandbox part of {test}: not root; running with --no-sandbox");
-        return false;
-    }
-    let missing = host.missing();
-    if !missing.is_empty() {
-        eprintln!("SKIPPED the sandbox part of {test}: this host lacks {missing:?}");
-        return false;
-    }
-    true
+fn spawn_opts(test: &str, ending: Ending) -> Spawn {
+    Spawn::new(
+        &kernel(ending),
+        sandbox_available(test),
+        16,
+        Some((WIDTH, HEIGHT)),
+    )
 }
 
-/// A running worker as the supervisor holds it.
-struct Worker {
-    child: Child,
-    control: UnixStream,
-    serial: UnixStream,
-    memfd: OwnedFd,
-    cgroup: Option<String>,
-}
-
-/// Options for [`Worker::spawn`].
-struct Spawn {
-    kernel: OwnedFd,
-    initrd: Option<OwnedFd>,
-    sandbox: bool,
-    config: WorkerConfig,
-}
-
-impl Spawn {
-    fn new(test: &str, ending: Ending) -> Spawn {
-        Spawn {
-            kernel: image_fd(&kernel(ending)),
-            initrd: None,
-            sandbox: sandbox_available(test),
-            config: WorkerConfig {
-                ram_mib: 16,
-                boot: BootSource::Linux {
-                    kernel_fd: fds::KERNEL,
-                    initrd_fd: None,
-                    cmdline: String::new(),
-                },
-                framebuffer: Some(FramebufferSize {
-                    width: WIDTH,
-                    height: HEIGHT,
-                }),
-                serial: true,
-                debug: DebugFlags::default(),
-            },
-        }
-    }
-}
-
-/// The kernel image as a read-only fd (a file unlinked right away).
-fn image_fd(bytes: &[u8]) -> OwnedFd {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "bulkhead-run-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::write(&path, bytes).unwrap();
-    let file = std::fs::File::open(&path).unwrap();
-    std::fs::remove_file(&path).unwrap();
-    file.into()
-}
-
-impl Worker {
-    /// Spawns `bulkhead-worker run` with the fds in place and does the
-    /// handshake (hellos and the config); does not wait for Ready.
-    fn spawn(opts: Spawn) -> Worker {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let (control, control_theirs) = UnixStream::pair().unwrap();
-        let (serial, serial_theirs) = UnixStream::pair().unwrap();
-        let memfd = protocol::framebuffer::create(WIDTH, HEIGHT).unwrap();
-        let memfd_theirs = memfd.try_clone().unwrap();
-        let (kernel, initrd) = (opts.kernel, opts.initrd);
-
-        let mut cmd = Command::new(BIN);
-        cmd.arg("run")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let cgroup = if opts.sandbox {
-            let name = format!("run-test-{}-{n}", std::process::id());
-            let uid = sandbox::ID_BASE + 7000 + (std::process::id() % 1000) * 20 + n;
-            cmd.args(["--uid", &uid.to_string(), "--cgroup", &name]);
-            Some(name)
-        } else {
-            cmd.arg("--no-sandbox");
-            None
-        };
-        let mut placed: Vec<(RawFd, RawFd)> = vec![
-            (control_theirs.as_raw_fd(), fds::CONTROL),
-            (memfd_theirs.as_raw_fd(), fds::FRAMEBUFFER),
-            (serial_theirs.as_raw_fd(), fds::SERIAL_COM1),
-            (kernel.as_raw_fd(), fds::KERNEL),
-        ];
-        if let Some(initrd) = &initrd {
-            placed.push((initrd.as_raw_fd(), fds::INITRD));
-        }
-        // SAFETY: only async-signal-safe calls (fcntl, dup2, close) on fds
-        // this process owns, between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || place_fds(&placed));
-        }
-        let child = cmd.spawn().unwrap();
-        drop((control_theirs, serial_theirs, memfd_theirs, kernel, initrd));
-        control.set_read_timeout(Some(TIMEOUT)).unwrap();
-        serial.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let mut w = Worker {
-            child,
-            control,
-            serial,
-            memfd,
-            cgroup,
-        };
-        protocol::write_frame(&mut w.control, &Hello::current()).unwrap();
-        protocol::read_hello(&mut w.control).unwrap();
-        protocol::write_frame(&mut w.control, &opts.config).unwrap();
-        w
-    }
-
-    fn send(&mut self, msg: &ToWorker) {
-        protocol::write_frame(&mut self.control, msg).unwrap();
-    }
-
-    /// The next frame that `want` accepts, skipping others (log lines,
-    /// state changes not asked for).
-    fn expect<T>(&mut self, what: &str, mut want: impl FnMut(&FromWorker) -> Option<T>) -> T {
-        loop {
-            let msg: FromWorker = protocol::read_frame(&mut self.control)
-                .unwrap_or_else(|e| panic!("waiting for {what}: {e}\n{}", self.stderr_now()));
-            if let Some(t) = want(&msg) {
-                return t;
-            }
-        }
-    }
-
-    fn expect_ready(&mut self) {
-        let info = self.expect("Ready", |m| match m {
-            FromWorker::Ready(info) => Some(*info),
-            _ => None,
-        });
-        assert_eq!(info.ram_mib, 16);
-        assert_eq!(
-            info.video_mode.map(|m| (m.width, m.height)),
-            Some((WIDTH, HEIGHT))
-        );
-    }
-
-    fn expect_state(&mut self, state: VmState) {
-        self.expect(&format!("State({state:?})"), |m| {
-            (*m == FromWorker::State(state)).then_some(())
-        });
-    }
-
-    /// Reads the serial socket until `text` has arrived.
-    fn expect_serial(&mut self, text: &str) {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 256];
-        while !String::from_utf8_lossy(&got).contains(text) {
-            let n = self
-                .serial
-                .read(&mut buf)
-                .unwrap_or_else(|e| panic!("serial: {e}; so far {got:?}"));
-            assert!(
-                n > 0,
-                "serial closed; got {:?}",
-                String::from_utf8_lossy(&got)
-            );
-            got.extend_from_slice(&buf[..n]);
-        }
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("the worker did not exit within {TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Exit code, and stderr (read after exit).
-    fn finish(mut self) -> (Option<i32>, String) {
-        let status = self.wait();
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        (status.code(), err)
-    }
-
-    fn stderr_now(&mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        format!("worker stderr:\n{err}")
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(name) = &self.cgroup {
-            let root = Path::new(cgroup::DEFAULT_ROOT);
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while cgroup::remove(root, name).is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-/// In the child: put each fd at its number, close the optional ones that
-/// are not passed (an outer harness may have leaked fds there).
-fn place_fds(placed: &[(RawFd, RawFd)]) -> std::io::Result<()> {
-    let check = |r: libc::c_int| {
-        if r < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(r)
-        }
-    };
-    // First out of the way (a source may sit on another's target)...
-    let mut high = Vec::with_capacity(placed.len());
-    for &(src, dst) in placed {
-        // SAFETY: fcntl on an fd this process owns.
-        high.push((
-            check(unsafe { libc::fcntl(src, libc::F_DUPFD_CLOEXEC, 100) })?,
-            dst,
-        ));
-    }
-    // ...then into place (dup2 clears close-on-exec on the target).
-    for fd in fds::ALL.iter().map(|&(fd, _)| fd) {
-        match high.iter().find(|&&(_, dst)| dst == fd) {
-            Some(&(src, dst)) => {
-                // SAFETY: both fds are valid numbers in this process.
-                check(unsafe { libc::dup2(src, dst) })?;
-            }
-            // SAFETY: closing a number nothing in the child uses.
-            None => unsafe {
-                libc::close(fd);
-            },
-        }
-    }
-    Ok(())
+fn expect_ready(w: &mut Worker) {
+    let info = w.expect("Ready", |m| match m {
+        FromWorker::Ready(info) => Some(*info),
+        _ => None,
+    });
+    assert_eq!(info.ram_mib, 16);
+    assert_eq!(
+        info.video_mode.map(|m| (m.width, m.height)),
+        Some((WIDTH, HEIGHT))
+    );
 }
 
 fn pixel(frame: &protocol::Frame, x: u32, y: u32) -> u32 {
@@ -378,11 +130,11 @@ fn pixel(frame: &protocol::Frame, x: u32, y: u32) -> u32 {
 
 #[test]
 fn guest_prints_draws_into_shared_memory_and_powers_off() {
-    let mut w = Worker::spawn(Spawn::new(
+    let mut w = Worker::spawn(spawn_opts(
         "guest_prints_draws_into_shared_memory_and_powers_off",
         Ending::PowerOff,
     ));
-    w.expect_ready();
+    expect_ready(&mut w);
     let mode = w.expect("VideoMode", |m| match m {
         FromWorker::VideoMode(mode) => Some(*mode),
         _ => None,
@@ -428,11 +180,11 @@ fn guest_prints_draws_into_shared_memory_and_powers_off() {
 
 #[test]
 fn power_button_pause_resume_and_stats() {
-    let mut w = Worker::spawn(Spawn::new(
+    let mut w = Worker::spawn(spawn_opts(
         "power_button_pause_resume_and_stats",
         Ending::PowerButton,
     ));
-    w.expect_ready();
+    expect_ready(&mut w);
     w.send(&ToWorker::Start);
     w.expect_state(VmState::Running);
     w.expect_serial("HELLO\n");
@@ -468,11 +220,11 @@ fn power_button_pause_resume_and_stats() {
 
 #[test]
 fn a_garbage_frame_exits_with_protocol_error() {
-    let mut w = Worker::spawn(Spawn::new(
+    let mut w = Worker::spawn(spawn_opts(
         "a_garbage_frame_exits_with_protocol_error",
         Ending::PowerButton,
     ));
-    w.expect_ready();
+    expect_ready(&mut w);
     // A 3-byte body that is no ToWorker variant.
     w.control
         .write_all(&[3, 0, 0, 0, 0xFF, 0xFF, 0xFF])
@@ -483,11 +235,11 @@ fn a_garbage_frame_exits_with_protocol_error() {
 
 #[test]
 fn the_supervisor_hanging_up_ends_the_worker_cleanly() {
-    let mut w = Worker::spawn(Spawn::new(
+    let mut w = Worker::spawn(spawn_opts(
         "the_supervisor_hanging_up_ends_the_worker_cleanly",
         Ending::PowerButton,
     ));
-    w.expect_ready();
+    expect_ready(&mut w);
     w.send(&ToWorker::Start);
     w.control.shutdown(std::net::Shutdown::Write).unwrap();
     let (code, err) = w.finish();
@@ -496,11 +248,11 @@ fn the_supervisor_hanging_up_ends_the_worker_cleanly() {
 
 #[test]
 fn shutdown_ends_the_worker_cleanly() {
-    let mut w = Worker::spawn(Spawn::new(
+    let mut w = Worker::spawn(spawn_opts(
         "shutdown_ends_the_worker_cleanly",
         Ending::PowerButton,
     ));
-    w.expect_ready();
+    expect_ready(&mut w);
     w.send(&ToWorker::Start);
     w.expect_state(VmState::Running);
     w.send(&ToWorker::Shutdown);
@@ -510,7 +262,7 @@ fn shutdown_ends_the_worker_cleanly() {
 
 #[test]
 fn an_invalid_config_exits_with_bad_setup() {
-    let mut opts = Spawn::new("an_invalid_config_exits_with_bad_setup", Ending::PowerOff);
+    let mut opts = spawn_opts("an_invalid_config_exits_with_bad_setup", Ending::PowerOff);
     opts.config.ram_mib = 0;
     let w = Worker::spawn(opts);
     let (code, err) = w.finish();
@@ -521,13 +273,13 @@ fn an_invalid_config_exits_with_bad_setup() {
 #[test]
 fn guest_opening_a_host_file_through_the_chaos_port_is_trapped() {
     let test = "guest_opening_a_host_file_through_the_chaos_port_is_trapped";
-    let opts = Spawn::new(test, Ending::Chaos(6));
+    let opts = spawn_opts(test, Ending::Chaos(6));
     if !opts.sandbox {
         eprintln!("SKIPPED {test}: needs the sandbox's seccomp filter");
         return;
     }
     let mut w = Worker::spawn(opts);
-    w.expect_ready();
+    expect_ready(&mut w);
     w.send(&ToWorker::Start);
     let (code, err) = w.finish();
     assert_eq!(code, Some(WorkerExit::SeccompViolation.code()), "{err}");
@@ -538,41 +290,56 @@ fn guest_opening_a_host_file_through_the_chaos_port_is_trapped() {
     );
 }
 
-/// The real Debian guest kit (scripts/guest-kit) booted by the worker to
-/// its ready marker on the serial socket. Slow (minutes): run with
-/// `BULKHEAD_GUEST_KIT=DIR cargo test -p vm-worker --test run -- --ignored`.
+/// Where scripts/guest-kit keeps the kit: `$BULKHEAD_GUEST_KIT`, else
+/// `${XDG_CACHE_HOME:-~/.cache}/bulkhead/guest-kit` (as the script says).
+fn guest_kit_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BULKHEAD_GUEST_KIT") {
+        return dir.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .expect("neither BULKHEAD_GUEST_KIT nor XDG_CACHE_HOME nor HOME is set");
+    cache.join("bulkhead/guest-kit")
+}
+
+/// The real Debian guest kit (scripts/guest-kit: Debian 12's i386 kernel
+/// and a busybox initramfs) booted by the worker to its ready marker on
+/// the serial socket, then a command typed into the guest's shell over the
+/// same channel. 35-60 s. CI builds the kit before the tests; without it
+/// this test fails (it never passes silently).
+///
+/// With the sandbox, the VM process is also checked from the host while
+/// the guest runs: its own pid namespace (pid 1 there), no_new_privs,
+/// seccomp filter mode, no effective capabilities, the per-VM uid. The
+/// confinement seen from inside (empty read-only root, only `lo`, every
+/// namespace) is what tests/sandbox.rs `sandbox_check_reports_full_confinement`
+/// asserts: `run` and `sandbox-check` enter the same `sandbox::enter`.
+/// (Typing `cat /proc/self/status` into the guest would show the guest
+/// shell's status, not the worker's.)
 #[test]
-#[ignore = "boots a real Linux guest (minutes); needs BULKHEAD_GUEST_KIT"]
 fn debian_guest_kit_boots_to_its_ready_marker() {
     let test = "debian_guest_kit_boots_to_its_ready_marker";
-    if std::env::var_os("BULKHEAD_GUEST_KIT").is_none() {
-        eprintln!("SKIPPED {test}: set BULKHEAD_GUEST_KIT to the guest kit directory");
-        return;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/guest-kit");
-    let out = Command::new(script)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "scripts/guest-kit failed");
-    let paths = String::from_utf8(out.stdout).unwrap();
-    let path = |key: &str| {
-        paths
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .unwrap_or_else(|| panic!("guest-kit printed no {key}"))
-            .to_string()
-    };
-    let open = |p: String| -> OwnedFd { std::fs::File::open(p).unwrap().into() };
-    let mut opts = Spawn::new(test, Ending::PowerOff);
-    opts.kernel = open(path("kernel="));
-    opts.initrd = Some(open(path("initrd=")));
+    let kit = guest_kit_dir();
+    let (kernel, initrd) = (kit.join("kernel"), kit.join("initrd"));
+    let present = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
+    assert!(
+        present(&kernel) && present(&initrd),
+        "{test}: the guest kit is missing: no kernel and initrd in {}. Run scripts/guest-kit \
+         first (it builds the kit there; set BULKHEAD_GUEST_KIT to use another directory).",
+        kit.display()
+    );
+    let open = |p: &Path| -> OwnedFd { std::fs::File::open(p).unwrap().into() };
+    let mut opts = spawn_opts(test, Ending::PowerOff);
+    opts.kernel = open(&kernel);
+    opts.initrd = Some(open(&initrd));
     opts.config.ram_mib = 256;
     opts.config.boot = BootSource::Linux {
         kernel_fd: fds::KERNEL,
         initrd_fd: Some(fds::INITRD),
         cmdline: "console=ttyS0".into(),
     };
+    let sandboxed = opts.sandbox;
     let mut w = Worker::spawn(opts);
     w.serial
         .set_read_timeout(Some(Duration::from_secs(600)))
@@ -586,6 +353,36 @@ fn debian_guest_kit_boots_to_its_ready_marker() {
     let start = Instant::now();
     w.expect_serial("BULKHEAD-GUEST-READY");
     eprintln!("{test}: guest ready after {:?}", start.elapsed());
+
+    // Serial input reaches the guest's shell; its answer comes back.
+    w.serial.write_all(b"echo sum=$((6*7))\n").unwrap();
+    w.expect_serial("sum=42");
+
+    if sandboxed {
+        let vm = w.vm_pid();
+        let field = |key| status_field(vm, key).unwrap_or_else(|| panic!("{key} of {vm}"));
+        let nspid = field("NSpid");
+        assert_eq!(
+            nspid.split_whitespace().last(),
+            Some("1"),
+            "pid 1 of its own pid namespace: NSpid {nspid}"
+        );
+        assert_eq!(field("NoNewPrivs"), "1");
+        assert_eq!(field("Seccomp"), "2", "seccomp filter mode");
+        assert_eq!(field("CapEff"), "0000000000000000");
+        let uid = field("Uid");
+        assert!(
+            uid.split_whitespace()
+                .all(|u| u.parse::<u32>().unwrap() >= sandbox::ID_BASE),
+            "per-VM uid, got {uid}"
+        );
+        let host_pidns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+        assert_ne!(
+            std::fs::read_link(format!("/proc/{vm}/ns/pid")).unwrap(),
+            host_pidns
+        );
+    }
+
     w.send(&ToWorker::Shutdown);
     let (code, err) = w.finish();
     assert_eq!(code, Some(WorkerExit::Ok.code()), "{err}");

@@ -303,6 +303,7 @@ fn mov_sreg_rm(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     cpu.load_seg(seg, sel)?;
     if seg == Seg::SS {
         cpu.irq_shadow = true;
+        cpu.ss_shadow = true;
         cpu.stop_block = true;
     }
     Ok(())
@@ -436,6 +437,7 @@ fn pop_sreg<const B: u32>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     cpu.adjust_sp(B);
     if seg == Seg::SS {
         cpu.irq_shadow = true;
+        cpu.ss_shadow = true;
         cpu.stop_block = true;
     }
     Ok(())

@@ -443,8 +443,9 @@ impl Cpu {
             } else {
                 (end - self.icount).min(MAX_BLOCK as u64) as usize
             };
-            let trap_after = self.flags.test(flags::TF) && !self.irq_shadow;
+            let tf = self.flags.test(flags::TF);
             self.irq_shadow = false;
+            self.ss_shadow = false;
             let before = self.icount;
             if single {
                 self.run_block(max);
@@ -460,7 +461,9 @@ impl Cpu {
                     max = (end - self.icount).min(MAX_BLOCK as u64) as usize;
                 }
             }
-            if trap_after && self.icount > before && self.shutdown.is_none() {
+            // MOV SS / POP SS hold the trap off until after the next
+            // instruction (SDM vol. 3, 6.8.3); TF was then still set.
+            if tf && !self.ss_shadow && self.icount > before && self.shutdown.is_none() {
                 // Single-step trap after the instruction (SDM vol. 3, 17.3.1.4).
                 self.dr[6] |= 1 << 14;
                 self.deliver_fault(Fault::DB);

@@ -152,6 +152,9 @@ pub struct Cpu {
     /// Interrupts (and single-step traps) are held off for one instruction
     /// after MOV SS / POP SS / STI.
     pub(crate) irq_shadow: bool,
+    /// The shadow comes from MOV SS / POP SS, which also holds off the
+    /// single-step trap (STI's shadow does not).
+    pub(crate) ss_shadow: bool,
     /// Set by a handler when the rest of the current block must not run
     /// (mode change, code invalidated, interrupt window opened...).
     pub(crate) stop_block: bool,
@@ -194,6 +197,7 @@ impl Cpu {
             code: exec::CodeCache::new(mem.backing_len()),
             halted: false,
             irq_shadow: false,
+            ss_shadow: false,
             stop_block: false,
             fault_depth: 0,
             shutdown: None,
@@ -246,6 +250,7 @@ impl Cpu {
         self.fpu = x87::Fpu::default();
         self.halted = false;
         self.irq_shadow = false;
+        self.ss_shadow = false;
         self.stop_block = true;
         self.fault_depth = 0;
         self.shutdown = None;
