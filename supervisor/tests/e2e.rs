@@ -113,14 +113,29 @@ fn worker() -> PathBuf {
     static WORKER: OnceLock<PathBuf> = OnceLock::new();
     WORKER
         .get_or_init(|| {
-            let dir = Path::new(BIN).parent().unwrap();
+            // Its own target directory: vm-worker's tests build the same binary
+            // with the test-only chaos feature into target/debug, and the two
+            // builds must not replace each other's binary mid-run.
+            let target = Path::new(BIN)
+                .ancestors()
+                .nth(2)
+                .expect("target directory")
+                .join("supervisor-tests");
             let status = Command::new(env!("CARGO"))
-                .args(["build", "-p", "vm-worker", "--bin", "bulkhead-worker"])
+                .args([
+                    "build",
+                    "-p",
+                    "vm-worker",
+                    "--bin",
+                    "bulkhead-worker",
+                    "--target-dir",
+                ])
+                .arg(&target)
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .status()
                 .expect("run cargo build for the worker");
             assert!(status.success(), "building bulkhead-worker failed");
-            dir.join("bulkhead-worker")
+            target.join("debug").join("bulkhead-worker")
         })
         .clone()
 }

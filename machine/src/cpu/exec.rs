@@ -77,9 +77,12 @@ pub enum RunExit {
     Shutdown(ShutdownReason),
 }
 
-#[derive(Clone)]
+/// A decoded block, shared (`Rc`) between the cache and a run that may
+/// drop it from the cache while it executes (self-modifying code).
 struct Block {
-    insns: Rc<[Insn]>,
+    /// The cache key (see `fetch_block`).
+    key: u64,
+    insns: Box<[Insn]>,
     /// Bytes covered, for the CS limit check.
     span: u32,
     /// Decoded as 32-bit code.
@@ -112,12 +115,13 @@ const MAX_BLOCKS: usize = 1 << 16;
 
 /// Decoded blocks, indexed by where their code lives.
 pub(crate) struct CodeCache {
-    blocks: KeyMap<Block>,
+    blocks: KeyMap<Rc<Block>>,
     /// Block keys per backing page.
     pages: HashMap<u32, Vec<u64>, BuildHasherDefault<KeyHasher>>,
     /// One bit per backing page: the page holds cached code.
     code_bits: Vec<u64>,
-    fast: Box<[(u64, Option<Block>)]>,
+    /// Direct-mapped front of `blocks`.
+    fast: Box<[Option<Rc<Block>>]>,
 }
 
 impl CodeCache {
@@ -127,7 +131,7 @@ impl CodeCache {
             blocks: KeyMap::default(),
             pages: HashMap::default(),
             code_bits: vec![0; pages.div_ceil(64)],
-            fast: vec![(u64::MAX, None); FAST_SLOTS].into_boxed_slice(),
+            fast: vec![None; FAST_SLOTS].into_boxed_slice(),
         }
     }
 
@@ -135,7 +139,7 @@ impl CodeCache {
         self.blocks.clear();
         self.pages.clear();
         self.code_bits.iter_mut().for_each(|w| *w = 0);
-        self.fast.iter_mut().for_each(|s| *s = (u64::MAX, None));
+        self.fast.iter_mut().for_each(|s| *s = None);
     }
 
     /// Whether the backing page holding offset `off` has cached code.
@@ -153,19 +157,25 @@ impl CodeCache {
     }
 
     #[inline(always)]
-    fn get(&mut self, key: u64) -> Option<Block> {
-        let slot = &self.fast[Self::slot(key)];
-        if slot.0 == key {
-            return slot.1.clone();
+    fn get(&mut self, key: u64) -> Option<Rc<Block>> {
+        if let Some(b) = &self.fast[Self::slot(key)]
+            && b.key == key
+        {
+            return Some(b.clone());
         }
+        self.get_slow(key)
+    }
+
+    #[inline(never)]
+    fn get_slow(&mut self, key: u64) -> Option<Rc<Block>> {
         let b = self.blocks.get(&key)?.clone();
-        self.fast[Self::slot(key)] = (key, Some(b.clone()));
+        self.fast[Self::slot(key)] = Some(b.clone());
         Some(b)
     }
 
     /// Caches a block (replacing one decoded at the same place for the
     /// other code size); returns true when its page had no code before.
-    fn insert(&mut self, key: u64, block: Block) -> bool {
+    fn insert(&mut self, key: u64, block: Rc<Block>) -> bool {
         if self.blocks.len() >= MAX_BLOCKS {
             // Bound the cache's memory the way a JIT bounds its code buffer:
             // drop everything and let the working set decode again.
@@ -179,7 +189,7 @@ impl CodeCache {
         let word = &mut self.code_bits[page as usize / 64];
         let first = *word & (1 << (page % 64)) == 0;
         *word |= 1 << (page % 64);
-        self.fast[Self::slot(key)] = (key, Some(block.clone()));
+        self.fast[Self::slot(key)] = Some(block.clone());
         if self.blocks.insert(key, block).is_none() {
             self.pages.entry(page).or_default().push(key);
         }
@@ -191,8 +201,8 @@ impl CodeCache {
             for key in keys {
                 self.blocks.remove(&key);
                 let s = &mut self.fast[Self::slot(key)];
-                if s.0 == key {
-                    *s = (u64::MAX, None);
+                if s.as_ref().is_some_and(|b| b.key == key) {
+                    *s = None;
                 }
             }
         }
@@ -428,7 +438,7 @@ impl Cpu {
                 return RunExit::BudgetExhausted;
             }
             let single = self.irq_shadow || self.trace.is_some() || self.flags.test(flags::TF);
-            let max = if single {
+            let mut max = if single {
                 1
             } else {
                 (end - self.icount).min(MAX_BLOCK as u64) as usize
@@ -437,7 +447,20 @@ impl Cpu {
             self.irq_shadow = false;
             self.ss_shadow = false;
             let before = self.icount;
-            self.run_block(max);
+            if single {
+                self.run_block(max);
+            } else {
+                // Chain blocks while nothing needs looking at: a block
+                // that stops early (mode change, HLT, STI, fault...) or a
+                // raised signal goes back through the checks above.
+                while self.run_block(max)
+                    && self.icount < end
+                    && self.signals.load() == 0
+                    && !self.flags.test(flags::TF)
+                {
+                    max = (end - self.icount).min(MAX_BLOCK as u64) as usize;
+                }
+            }
             // MOV SS / POP SS hold the trap off until after the next
             // instruction (SDM vol. 3, 6.8.3); TF was then still set.
             if tf && !self.ss_shadow && self.icount > before && self.shutdown.is_none() {
@@ -493,12 +516,15 @@ impl Cpu {
     }
 
     /// Finds (or decodes) the block at CS:EIP and runs up to `max` of its instructions.
-    fn run_block(&mut self, max: usize) {
+    /// Returns true when they all ran: no fault, and no handler asked for
+    /// the block to stop.
+    #[inline(always)]
+    fn run_block(&mut self, max: usize) -> bool {
         let block = match self.fetch_block() {
             Ok(b) => b,
             Err(f) => {
                 self.deliver_fault(f);
-                return;
+                return false;
             }
         };
         let cs = &self.segs[Seg::CS as usize];
@@ -506,18 +532,32 @@ impl Cpu {
             && self.eip <= cs.hi
             && cs.hi - self.eip >= block.span.saturating_sub(1);
         self.stop_block = false;
+        let insns = &block.insns[..block.insns.len().min(max)];
+        if limit_ok && self.trace.is_none() {
+            self.run_insns::<false>(insns)
+        } else {
+            self.run_insns::<true>(insns)
+        }
+    }
+
+    /// Runs decoded instructions until one ends the block or faults.
+    /// `CHECKED`: check each against the CS limit and call the trace hook
+    /// (the block may run past the limit, or tracing is on).
+    /// Returns true when none faulted or stopped the block.
+    #[inline(always)]
+    fn run_insns<const CHECKED: bool>(&mut self, insns: &[Insn]) -> bool {
         let ip_mask = if self.code32 { u32::MAX } else { 0xFFFF };
-        for d in block.insns.iter().take(max) {
-            if !limit_ok {
+        for d in insns {
+            if CHECKED {
                 let cs = &self.segs[Seg::CS as usize];
                 if self.eip > cs.hi || cs.hi - self.eip < d.len - 1 {
                     self.deliver_fault(Fault::GP0);
-                    return;
+                    return false;
                 }
-            }
-            if let Some(mut hook) = self.trace.take() {
-                hook(self, &d.i);
-                self.trace = Some(hook);
+                if let Some(mut hook) = self.trace.take() {
+                    hook(self, &d.i);
+                    self.trace = Some(hook);
+                }
             }
             self.next_eip = self.eip.wrapping_add(d.len) & ip_mask;
             match (d.handler)(self, d) {
@@ -527,28 +567,42 @@ impl Cpu {
                 }
                 Err(f) => {
                     self.deliver_fault(f);
-                    return;
+                    return false;
                 }
             }
             if self.stop_block {
-                return;
+                return false;
             }
         }
+        true
     }
 
     /// The block at CS:EIP, from the cache or freshly decoded.
-    fn fetch_block(&mut self) -> Result<Block> {
+    #[inline(always)]
+    fn fetch_block(&mut self) -> Result<Rc<Block>> {
         let lin = self.segs[Seg::CS as usize].base.wrapping_add(self.eip);
         let user = self.cpl == 3;
         let e = &self.tlb.sets[user as usize][tlb_index(lin)];
-        let off = if e.rtag == lin & !0xFFF {
-            lin.wrapping_add(e.addend)
-        } else {
-            let phys = self.translate_fill(lin, false, user)?;
-            match self.mem.region(phys) {
-                Region::Ram(o) | Region::Rom(o) => o,
-                Region::Mmio => return self.decode_uncached(lin, user),
-            }
+        if e.rtag != lin & !0xFFF {
+            return self.fetch_block_miss(lin, user);
+        }
+        let off = lin.wrapping_add(e.addend);
+        let key = off as u64 | (self.eip as u64) << 32;
+        if let Some(b) = self.code.get(key)
+            && b.code32 == self.code32
+        {
+            return Ok(b);
+        }
+        self.decode_block(lin, off, key, user)
+    }
+
+    /// `fetch_block` when the code page is not in the TLB.
+    #[inline(never)]
+    fn fetch_block_miss(&mut self, lin: u32, user: bool) -> Result<Rc<Block>> {
+        let phys = self.translate_fill(lin, false, user)?;
+        let off = match self.mem.region(phys) {
+            Region::Ram(o) | Region::Rom(o) => o,
+            Region::Mmio => return self.decode_uncached(lin, user),
         };
         let key = off as u64 | (self.eip as u64) << 32;
         if let Some(b) = self.code.get(key)
@@ -560,7 +614,7 @@ impl Cpu {
     }
 
     #[cold]
-    fn decode_block(&mut self, lin: u32, off: u32, key: u64, user: bool) -> Result<Block> {
+    fn decode_block(&mut self, lin: u32, off: u32, key: u64, user: bool) -> Result<Rc<Block>> {
         let page_end = (off & !0xFFF) as usize + 4096;
         let bytes = &self.mem.backing[off as usize..page_end];
         let bitness = if self.code32 { 32 } else { 16 };
@@ -584,11 +638,12 @@ impl Cpu {
             // The first instruction crosses into the next page.
             return self.decode_uncached(lin, user);
         }
-        let block = Block {
+        let block = Rc::new(Block {
+            key,
             insns: insns.into(),
             span,
             code32: self.code32,
-        };
+        });
         if self.code.insert(key, block.clone()) {
             self.tlb.protect_page(off & !0xFFF);
         }
@@ -599,7 +654,7 @@ impl Cpu {
     /// through the TLB (page-crossing instructions, code in MMIO). It is
     /// not cached.
     #[cold]
-    fn decode_uncached(&mut self, lin: u32, user: bool) -> Result<Block> {
+    fn decode_uncached(&mut self, lin: u32, user: bool) -> Result<Rc<Block>> {
         let mut buf = [0u8; 15];
         let mut n = 0;
         let mut fault = None;
@@ -620,11 +675,12 @@ impl Cpu {
         if decoder.last_error() == DecoderError::NoMoreBytes {
             return Err(fault.unwrap_or(Fault::GP0));
         }
-        Ok(Block {
+        Ok(Rc::new(Block {
+            key: u64::MAX,
             span: i.len() as u32,
             insns: vec![Insn::new(i)].into(),
             code32: self.code32,
-        })
+        }))
     }
 
     /// Drops cached code on the backing page holding `off` (a write hit it).

@@ -25,10 +25,15 @@ pub mod vector {
 
 /// A pending architectural exception: vector and optional error code.
 /// For #PF, CR2 is written where the fault is raised.
+///
+/// Kept to 8 bytes (the error code's presence is a `bool`, whose spare
+/// values give `Result<(), Fault>` and `Result<u32, Fault>` a niche), so
+/// every handler and memory access returns its result in a register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault {
     pub vector: u8,
-    pub error_code: Option<u32>,
+    has_code: bool,
+    code: u32,
 }
 
 impl Fault {
@@ -36,14 +41,16 @@ impl Fault {
     pub const fn new(vector: u8) -> Self {
         Self {
             vector,
-            error_code: None,
+            has_code: false,
+            code: 0,
         }
     }
     #[inline]
     pub const fn with_code(vector: u8, code: u32) -> Self {
         Self {
             vector,
-            error_code: Some(code),
+            has_code: true,
+            code,
         }
     }
     pub const DE: Fault = Fault::new(vector::DE);
@@ -77,6 +84,12 @@ impl Fault {
     /// #GP(0).
     pub const GP0: Fault = Fault::gp(0);
 
+    /// The error code the exception pushes, if it has one.
+    #[inline]
+    pub const fn error_code(&self) -> Option<u32> {
+        if self.has_code { Some(self.code) } else { None }
+    }
+
     /// Exception class for the double-fault rules (SDM table 6-5).
     pub(crate) fn is_contributory(vector: u8) -> bool {
         matches!(vector, 0 | 10 | 11 | 12 | 13)
@@ -84,6 +97,8 @@ impl Fault {
 }
 
 pub type Result<T, E = Fault> = core::result::Result<T, E>;
+
+const _: () = assert!(size_of::<Result<()>>() == 8 && size_of::<Result<u32>>() == 8);
 
 /// Page-fault error code bits.
 pub mod pf {

@@ -36,7 +36,12 @@ impl Cpu {
                 self.halted = false;
             }
             let ret = self.eip;
-            match self.interrupt(current.vector, IntKind::Exception, current.error_code, ret) {
+            match self.interrupt(
+                current.vector,
+                IntKind::Exception,
+                current.error_code(),
+                ret,
+            ) {
                 Ok(()) => return,
                 Err(next) => {
                     if current.vector == vector::DF {
@@ -314,7 +319,7 @@ pub(crate) struct FrameStack {
 
 /// Adds the EXT bit to the error code of a #TS, #NP, #SS or #GP.
 pub(crate) fn with_ext(f: Fault, ext: u32) -> Fault {
-    match (f.vector, f.error_code) {
+    match (f.vector, f.error_code()) {
         (vector::TS | vector::NP | vector::SS | vector::GP, Some(e)) => {
             Fault::with_code(f.vector, e | ext)
         }

@@ -118,8 +118,9 @@ pub enum ShutdownReason {
 
 /// The CPU and the memory and bus it drives.
 pub struct Cpu {
-    /// EAX..EDI, then a slot that is always zero (see [`reg::ZERO`]).
-    pub(crate) regs: [u32; 9],
+    /// EAX..EDI, then slots that are always zero (see [`reg::ZERO`]); 16
+    /// so that an index masked with 15 needs no bounds check.
+    pub(crate) regs: [u32; 16],
     pub(crate) eip: u32,
     /// EIP of the instruction after the one executing; branches write it.
     pub(crate) next_eip: u32,
@@ -173,7 +174,7 @@ impl Cpu {
     /// A CPU in its power-on state over `mem`, with `bus` for everything else.
     pub fn new(mem: PhysMemory, bus: Box<dyn Bus>) -> Self {
         let mut cpu = Cpu {
-            regs: [0; 9],
+            regs: [0; 16],
             eip: 0,
             next_eip: 0,
             flags: Flags::default(),
@@ -213,7 +214,7 @@ impl Cpu {
     /// The power-on / RESET state (SDM vol. 3, table 9-1): real mode,
     /// CS:IP = F000:FFF0 with CS base FFFF0000.
     pub fn reset(&mut self) {
-        self.regs = [0; 9];
+        self.regs = [0; 16];
         // EDX holds the processor signature after reset.
         self.regs[reg::EDX] = system::CPUID_SIGNATURE;
         self.flags = Flags::default();

@@ -12,8 +12,8 @@ impl Cpu {
     #[inline(always)]
     pub(crate) fn ea(&self, d: &Insn) -> u32 {
         d.disp
-            .wrapping_add(self.regs[d.base as usize])
-            .wrapping_add(self.regs[d.index as usize] << d.scale)
+            .wrapping_add(self.regs[d.base as usize & 15])
+            .wrapping_add(self.regs[d.index as usize & 15] << (d.scale & 31))
             & d.amask
     }
 
