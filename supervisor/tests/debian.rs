@@ -52,27 +52,28 @@ fn guest_kit() -> (PathBuf, PathBuf) {
 }
 
 /// The worker binary with the test profile's optimisation (a dev build
-/// would take many minutes per boot), copied out of target/debug so the
-/// e2e tests' dev build of the same name cannot replace it under us.
+/// would take many minutes per boot), in a target directory of its own:
+/// target/debug/bulkhead-worker is vm-worker's test build (with the
+/// test-only chaos feature) and the e2e tests' dev build is in
+/// target/supervisor-tests; no build may replace another's binary mid-run.
 fn worker() -> PathBuf {
     static WORKER: OnceLock<PathBuf> = OnceLock::new();
     WORKER
         .get_or_init(|| {
+            let target = Path::new(BIN)
+                .ancestors()
+                .nth(2)
+                .expect("target directory")
+                .join("supervisor-debian");
             let status = Command::new(env!("CARGO"))
                 .args(["build", "--profile", "test", "-p", "vm-worker"])
-                .args(["--bin", "bulkhead-worker"])
+                .args(["--bin", "bulkhead-worker", "--target-dir"])
+                .arg(&target)
                 .current_dir(env!("CARGO_MANIFEST_DIR"))
                 .status()
                 .expect("run cargo build for the worker");
             assert!(status.success(), "building bulkhead-worker failed");
-            let built = Path::new(BIN).parent().unwrap().join("bulkhead-worker");
-            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-worker");
-            std::fs::create_dir_all(&dir).unwrap();
-            let tmp = dir.join(format!("bulkhead-worker.{}", std::process::id()));
-            std::fs::copy(&built, &tmp).unwrap();
-            let path = dir.join("bulkhead-worker");
-            std::fs::rename(&tmp, &path).unwrap();
-            path
+            target.join("debug").join("bulkhead-worker")
         })
         .clone()
 }
