@@ -76,8 +76,15 @@ fn is_root() -> bool {
     unsafe { libc::getuid() == 0 }
 }
 
-/// The worker, built with the release profile next to `bulkhead`.
+/// The worker, built with the release profile in a target directory of
+/// its own: target/release/bulkhead-worker is vm-worker's bench build
+/// (with its test-only chaos feature), which this must not replace.
 fn worker() -> PathBuf {
+    let target = Path::new(BIN)
+        .ancestors()
+        .nth(2)
+        .expect("target directory")
+        .join("supervisor-bench");
     let status = Command::new(env!("CARGO"))
         .args([
             "build",
@@ -87,13 +94,13 @@ fn worker() -> PathBuf {
             "--bin",
             "bulkhead-worker",
         ])
+        .arg("--target-dir")
+        .arg(&target)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("run cargo build for the worker");
     assert!(status.success(), "building bulkhead-worker failed");
-    let path = Path::new(BIN).parent().unwrap().join("bulkhead-worker");
-    assert!(path.exists(), "no worker at {}", path.display());
-    path
+    target.join("release").join("bulkhead-worker")
 }
 
 fn guest_kit() -> Option<(PathBuf, PathBuf)> {
