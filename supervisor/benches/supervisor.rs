@@ -577,7 +577,7 @@ fn bench_idle(worker: &Path, vms: usize) -> Value {
     json!({
         "vms": vms,
         "guest_ram_mib": 16,
-        "start_all_s": (started.as_secs_f64() * 10.0).round() / 10.0,
+        "start_all_ms": ms(started),
         "worker_processes": processes,
         "workers_rss_mib": mib(rss),
         "workers_pss_mib": mib(pss),
@@ -664,8 +664,8 @@ fn print_tables(all: &Value) {
     }
     let idle = &all["idle"];
     println!(
-        "\n## {} idle VMs ({} MiB each; {} worker processes; started in {} s)\n",
-        idle["vms"], idle["guest_ram_mib"], idle["worker_processes"], idle["start_all_s"]
+        "\n## {} idle VMs ({} MiB each; {} worker processes; created and started in {} ms)\n",
+        idle["vms"], idle["guest_ram_mib"], idle["worker_processes"], idle["start_all_ms"]
     );
     println!("| | workers | daemon | total | per VM |");
     println!("|---|---|---|---|---|");
