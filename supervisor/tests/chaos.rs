@@ -361,6 +361,23 @@ impl Drop for Daemon {
     }
 }
 
+/// Nothing of the ended worker is left in the cgroup tree (v2, or any v1
+/// controller).
+fn assert_cgroup_removed(name: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    for c in ["", "memory/", "cpu/", "pids/"] {
+        let dir = PathBuf::from(format!("/sys/fs/cgroup/{c}bulkhead/{name}"));
+        while dir.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{} outlived its worker",
+                dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// One chaos VM (`--restart no`) next to a ticker: the chaos VM stops with
 /// a failure whose `vm info` record `check` accepts, and the ticker keeps
 /// running. Returns the chaos VM's final `vm info`.
@@ -381,6 +398,8 @@ fn chaos_next_to_a_ticker(tag: &str, action: u8) -> Value {
     assert_eq!(crash["exit"], info["last_exit"], "{info}");
     let serial = std::fs::read_to_string(crash["serial_log"].as_str().unwrap()).unwrap();
     assert!(serial.contains("CHAOS"), "{serial:?}");
+
+    assert_cgroup_removed(&victim);
 
     d.assert_ticker_unharmed(&ticker, pid);
     // The human view gives the same reason.
@@ -509,4 +528,52 @@ fn a_chaos_crash_loop_parks_the_vm_as_failed_after_the_limit() {
     assert_eq!(later["restarts"], FAILURES - 1, "{later}");
     d.assert_ticker_unharmed(ticker, pid);
     d.ok(&["vm", "stop", ticker]);
+}
+
+#[test]
+fn execve_ptrace_and_kill_are_seccomp_violations_naming_them() {
+    if skip("execve_ptrace_and_kill_are_seccomp_violations_naming_them") {
+        return;
+    }
+    let d = Daemon::new("");
+    let ticker = "chaos-sys-ticker";
+    let pid = d.start_ticker(ticker);
+    for (action, name, nr) in [
+        (8, "execve", libc::SYS_execve),
+        (9, "ptrace", libc::SYS_ptrace),
+        (10, "kill", libc::SYS_kill),
+    ] {
+        let victim = format!("chaos-sys-{name}");
+        d.create(&victim, Guest::Chaos(action), "no");
+        let info = d.start_and_wait_for_exit(&victim);
+        let exit = &info["last_exit"];
+        assert_eq!(exit["kind"], "seccomp", "{info}");
+        assert!(
+            exit["reason"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("forbidden syscall {name} ({nr})")),
+            "{info}"
+        );
+        assert_cgroup_removed(&victim);
+    }
+    d.assert_ticker_unharmed(ticker, pid);
+    d.ok(&["vm", "stop", ticker]);
+}
+
+#[test]
+fn unbounded_allocation_is_stopped_by_the_cgroup_alone() {
+    if skip("unbounded_allocation_is_stopped_by_the_cgroup_alone") {
+        return;
+    }
+    let info = chaos_next_to_a_ticker("alloc", 4);
+    let exit = &info["last_exit"];
+    assert_eq!(exit["kind"], "signal", "{info}");
+    assert!(
+        exit["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("signal {} (SIGKILL)", libc::SIGKILL)),
+        "{info}"
+    );
 }
