@@ -8,8 +8,10 @@
 //! The seccomp filter, uid switching and cgroups need root: not as root,
 //! every test here prints "SKIPPED" and returns.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -120,14 +122,9 @@ fn kernel(guest: Guest) -> Vec<u8> {
     build().expect("assemble the test kernel")
 }
 
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() == 0 }
-}
-
 /// True (after saying so) when `test` cannot run here.
 fn skip(test: &str) -> bool {
-    if is_root() {
+    if common::is_root() {
         return false;
     }
     eprintln!(
@@ -144,33 +141,7 @@ fn skip(test: &str) -> bool {
 fn chaos_worker() -> PathBuf {
     static WORKER: OnceLock<PathBuf> = OnceLock::new();
     WORKER
-        .get_or_init(|| {
-            let target = Path::new(BIN)
-                .ancestors()
-                .nth(2)
-                .expect("target directory")
-                .join("supervisor-chaos-tests");
-            let status = Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "-p",
-                    "vm-worker",
-                    "--bin",
-                    "bulkhead-worker",
-                    "--features",
-                    "chaos",
-                    "--target-dir",
-                ])
-                .arg(&target)
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build for the chaos worker");
-            assert!(
-                status.success(),
-                "building the chaos bulkhead-worker failed"
-            );
-            target.join("debug").join("bulkhead-worker")
-        })
+        .get_or_init(|| common::build_worker("supervisor-chaos-tests", &["--features", "chaos"]))
         .clone()
 }
 

@@ -9,10 +9,12 @@
 //! SIGKILL while the other three keep printing; the killed VM restarts,
 //! boots again and `vm info` tells why it died and where its forensics are.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -28,11 +30,6 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const MARKER: &str = "BULKHEAD-GUEST-READY";
 const VMS: usize = 4;
 const VICTIM: usize = 1;
-
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() == 0 }
-}
 
 /// The kernel and initramfs, or a failure that says how to get them.
 fn guest_kit() -> (PathBuf, PathBuf) {
@@ -59,22 +56,7 @@ fn guest_kit() -> (PathBuf, PathBuf) {
 fn worker() -> PathBuf {
     static WORKER: OnceLock<PathBuf> = OnceLock::new();
     WORKER
-        .get_or_init(|| {
-            let target = Path::new(BIN)
-                .ancestors()
-                .nth(2)
-                .expect("target directory")
-                .join("supervisor-debian");
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--profile", "test", "-p", "vm-worker"])
-                .args(["--bin", "bulkhead-worker", "--target-dir"])
-                .arg(&target)
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build for the worker");
-            assert!(status.success(), "building bulkhead-worker failed");
-            target.join("debug").join("bulkhead-worker")
-        })
+        .get_or_init(|| common::build_worker("supervisor-debian", &["--profile", "test"]))
         .clone()
 }
 
@@ -106,7 +88,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        if !is_root() {
+        if !common::is_root() {
             eprintln!("{test}: not root: the daemon runs with --allow-weaker-sandbox");
             cmd.arg("--allow-weaker-sandbox");
         }

@@ -5,6 +5,8 @@
 //! the daemon as is, so as root every worker is fully sandboxed. Not as
 //! root, the daemon gets `--allow-weaker-sandbox` and each test says so.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -103,40 +105,11 @@ fn kernel(guest: Guest) -> Vec<u8> {
     build().expect("assemble the test kernel")
 }
 
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() == 0 }
-}
-
 /// The worker binary, built once for this test run.
 fn worker() -> PathBuf {
     static WORKER: OnceLock<PathBuf> = OnceLock::new();
     WORKER
-        .get_or_init(|| {
-            // Its own target directory: vm-worker's tests build the same binary
-            // with the test-only chaos feature into target/debug, and the two
-            // builds must not replace each other's binary mid-run.
-            let target = Path::new(BIN)
-                .ancestors()
-                .nth(2)
-                .expect("target directory")
-                .join("supervisor-tests");
-            let status = Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "-p",
-                    "vm-worker",
-                    "--bin",
-                    "bulkhead-worker",
-                    "--target-dir",
-                ])
-                .arg(&target)
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build for the worker");
-            assert!(status.success(), "building bulkhead-worker failed");
-            target.join("debug").join("bulkhead-worker")
-        })
+        .get_or_init(|| common::build_worker("supervisor-tests", &[]))
         .clone()
 }
 
@@ -165,7 +138,7 @@ impl Daemon {
             uid_base,
             worker,
         };
-        if !is_root() {
+        if !common::is_root() {
             eprintln!("{test}: not root: the daemon runs with --allow-weaker-sandbox");
         }
         d.start();
@@ -197,7 +170,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        if !is_root() {
+        if !common::is_root() {
             cmd.arg("--allow-weaker-sandbox");
         }
         self.child = Some(cmd.spawn().unwrap());
@@ -569,7 +542,7 @@ fn definitions_survive_a_daemon_restart_and_autostart_vms_come_back() {
 #[test]
 fn another_uid_cannot_see_or_control_a_vm() {
     let test = "another_uid_cannot_see_or_control_a_vm";
-    if !is_root() {
+    if !common::is_root() {
         eprintln!("SKIPPED {test}: needs root to run the client as another uid");
         return;
     }
@@ -758,7 +731,7 @@ fn hostile_workers_are_classified_as_violations() {
 #[test]
 fn quotas_limit_non_root_callers() {
     let test = "quotas_limit_non_root_callers";
-    if !is_root() {
+    if !common::is_root() {
         eprintln!("SKIPPED {test}: needs root to run the client as another uid");
         return;
     }

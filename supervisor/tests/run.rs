@@ -2,10 +2,12 @@
 //! each test prints a SKIPPED line), running tiny Multiboot guests
 //! assembled here, with stdin/stdout piped.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc;
@@ -113,40 +115,11 @@ fn kernel(guest: Guest) -> Vec<u8> {
     build().expect("assemble the test kernel")
 }
 
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() == 0 }
-}
-
 /// The worker binary, built once for this test run.
 fn worker() -> PathBuf {
     static WORKER: OnceLock<PathBuf> = OnceLock::new();
     WORKER
-        .get_or_init(|| {
-            // Its own target directory: vm-worker's tests build the same binary
-            // with the test-only chaos feature into target/debug, and the two
-            // builds must not replace each other's binary mid-run.
-            let target = Path::new(BIN)
-                .ancestors()
-                .nth(2)
-                .expect("target directory")
-                .join("supervisor-tests");
-            let status = Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "-p",
-                    "vm-worker",
-                    "--bin",
-                    "bulkhead-worker",
-                    "--target-dir",
-                ])
-                .arg(&target)
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build for the worker");
-            assert!(status.success(), "building bulkhead-worker failed");
-            target.join("debug").join("bulkhead-worker")
-        })
+        .get_or_init(|| common::build_worker("supervisor-tests", &[]))
         .clone()
 }
 
@@ -250,10 +223,10 @@ impl Run {
 }
 
 fn skip_unless_root(test: &str) -> bool {
-    if !is_root() {
+    if !common::is_root() {
         eprintln!("SKIPPED {test}: the full sandbox needs root");
     }
-    !is_root()
+    !common::is_root()
 }
 
 /// The pixel the guest draws, from a PNG.
@@ -346,7 +319,7 @@ fn a_sandbox_violation_exits_4_naming_the_syscall() {
 #[test]
 fn without_root_run_refuses_and_names_what_is_missing() {
     let test = "without_root_run_refuses_and_names_what_is_missing";
-    if !is_root() {
+    if !common::is_root() {
         eprintln!("SKIPPED {test}: needs root to run as another uid");
         return;
     }
