@@ -39,34 +39,9 @@ enum Guest {
 /// A Multiboot kernel (a.out kludge at 1 MiB).
 fn kernel(guest: Guest) -> Vec<u8> {
     const ORG: u32 = 0x10_0000;
-    const MAGIC: u32 = 0x1BAD_B002;
-    const FLAGS: u32 = (1 << 16) | 0b10;
     let build = || -> Result<Vec<u8>, IcedError> {
-        let mut a = CodeAssembler::new(32)?;
-        a.dd(&[
-            MAGIC,
-            FLAGS,
-            0u32.wrapping_sub(MAGIC.wrapping_add(FLAGS)),
-            ORG,
-            ORG,
-            0,
-            0,
-            ORG + 32,
-        ])?;
-        let print = |a: &mut CodeAssembler, text: &[u8]| -> Result<(), IcedError> {
-            for &byte in text {
-                let mut wait = a.create_label();
-                a.set_label(&mut wait)?;
-                a.mov(dx, 0x3FD)?;
-                a.in_(al, dx)?;
-                a.test(al, 0x20)?;
-                a.jz(wait)?;
-                a.mov(dx, 0x3F8)?;
-                a.mov(al, byte as u32)?;
-                a.out(dx, al)?;
-            }
-            Ok(())
-        };
+        let mut a = common::multiboot_assembler()?;
+        let print = common::print_com1;
         match guest {
             Guest::Ticker => {
                 print(&mut a, b"BOOT\n")?;

@@ -36,20 +36,8 @@ enum Guest {
 /// A Multiboot kernel (a.out kludge at 1 MiB).
 fn kernel(guest: Guest) -> Vec<u8> {
     const ORG: u32 = 0x10_0000;
-    const MAGIC: u32 = 0x1BAD_B002;
-    const FLAGS: u32 = (1 << 16) | 0b10;
     let build = || -> Result<Vec<u8>, IcedError> {
-        let mut a = CodeAssembler::new(32)?;
-        a.dd(&[
-            MAGIC,
-            FLAGS,
-            0u32.wrapping_sub(MAGIC.wrapping_add(FLAGS)),
-            ORG,
-            ORG,
-            0,
-            0,
-            ORG + 32,
-        ])?;
+        let mut a = common::multiboot_assembler()?;
         // Sends AL to COM1 once the transmitter is empty.
         let mut putc = a.create_label();
         let mut start = a.create_label();
