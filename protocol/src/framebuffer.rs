@@ -785,6 +785,11 @@ mod tests {
                 w.pixels_mut().fill(colour);
                 w.commit(&DirtyTiles::all(width, height));
                 i += 1;
+                // A real presenter commits at most every 33 ms; a writer
+                // that never pauses can starve the reader on a loaded host
+                // (the reader then reports `Torn`, which is its contract).
+                // A short pause keeps the race without the starvation.
+                std::thread::sleep(std::time::Duration::from_micros(50));
             }
         });
         for _ in 0..200 {
