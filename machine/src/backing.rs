@@ -112,6 +112,13 @@ impl Backing {
         Ok(off)
     }
 
+    /// The first byte of the reservation. It never moves, so the CPU's
+    /// software TLB may turn backing offsets into host addresses with it.
+    #[inline(always)]
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

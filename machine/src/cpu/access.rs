@@ -9,10 +9,13 @@ use super::{Cpu, Seg};
 use crate::bus::IoSize;
 use crate::memory::Region;
 
-/// Whether an access of `n` bytes at `lin` stays within its page.
+/// The TLB tag an access of `n` bytes at `lin` must match to take the fast
+/// path: the page of its last byte. Entries are indexed by the page of the
+/// first byte, and two pages with the same index cannot both be cached, so
+/// a page-crossing access never matches.
 #[inline(always)]
-fn within_page(lin: u32, n: usize) -> bool {
-    (lin & 0xFFF) as usize <= 0x1000 - n
+fn tag_of(lin: u32, n: u32) -> u32 {
+    lin.wrapping_add(n - 1) & !0xFFF
 }
 
 macro_rules! lin_access {
@@ -21,10 +24,11 @@ macro_rules! lin_access {
         #[inline(always)]
         pub(crate) fn $read(&mut self, lin: u32, user: bool) -> Result<$ty> {
             let e = &self.tlb.sets[user as usize][tlb_index(lin)];
-            if e.rtag == lin & !0xFFF && within_page(lin, $n) {
-                let o = lin.wrapping_add(e.addend) as usize;
-                let bytes = &self.mem.backing[o..o + $n];
-                return Ok(<$ty>::from_le_bytes(bytes.try_into().unwrap_or_default()));
+            if e.rtag == tag_of(lin, $n) {
+                // SAFETY: a matching read tag means the access lies within
+                // one page that the entry maps to a whole page of the
+                // backing store (see `host_ptr`).
+                return Ok(unsafe { self.host_ptr(lin, e.addend).cast::<$ty>().read_unaligned() });
             }
             Ok(self.read_lin_slow(lin, $n, user)? as $ty)
         }
@@ -33,9 +37,14 @@ macro_rules! lin_access {
         #[inline(always)]
         pub(crate) fn $write(&mut self, lin: u32, value: $ty, user: bool) -> Result<()> {
             let e = &self.tlb.sets[user as usize][tlb_index(lin)];
-            if e.wtag == lin & !0xFFF && within_page(lin, $n) {
-                let o = lin.wrapping_add(e.addend) as usize;
-                self.mem.backing[o..o + $n].copy_from_slice(&value.to_le_bytes());
+            if e.wtag == tag_of(lin, $n) {
+                // SAFETY: as for reads; a write tag also means the page is
+                // RAM without cached code.
+                unsafe {
+                    self.host_ptr(lin, e.addend)
+                        .cast::<$ty>()
+                        .write_unaligned(value)
+                };
                 return Ok(());
             }
             self.write_lin_slow(lin, value as u64, $n, user)
@@ -44,17 +53,47 @@ macro_rules! lin_access {
 }
 
 macro_rules! seg_access {
-    ($read:ident, $write:ident, $rmw:ident, $rlin:ident, $wlin:ident, $ty:ty, $n:expr) => {
+    ($read:ident, $write:ident, $rmw:ident, $slow:ident, $wslow:ident, $rlin:ident, $wlin:ident, $ty:ty, $n:expr) => {
         /// Reads `seg:off` with the current privilege.
         #[inline(always)]
         pub(crate) fn $read(&mut self, seg: Seg, off: u32) -> Result<$ty> {
-            let lin = self.seg_check(seg, off, $n, rights::READ)?;
-            self.$rlin(lin, self.cpl == 3)
+            let s = &self.segs[seg as usize];
+            if off < s.rend {
+                let lin = s.base.wrapping_add(off);
+                let e = &self.tlb.sets[(self.cpl == 3) as usize][tlb_index(lin)];
+                if e.rtag == tag_of(lin, $n) {
+                    // SAFETY: a matching read tag: see `host_ptr`.
+                    return Ok(unsafe {
+                        self.host_ptr(lin, e.addend).cast::<$ty>().read_unaligned()
+                    });
+                }
+            }
+            self.$slow(seg, off, rights::READ).map(|(_, v)| v)
         }
 
         /// Writes `seg:off` with the current privilege.
         #[inline(always)]
         pub(crate) fn $write(&mut self, seg: Seg, off: u32, value: $ty) -> Result<()> {
+            let s = &self.segs[seg as usize];
+            if off < s.wend {
+                let lin = s.base.wrapping_add(off);
+                let e = &self.tlb.sets[(self.cpl == 3) as usize][tlb_index(lin)];
+                if e.wtag == tag_of(lin, $n) {
+                    // SAFETY: a matching write tag: see `host_ptr`.
+                    unsafe {
+                        self.host_ptr(lin, e.addend)
+                            .cast::<$ty>()
+                            .write_unaligned(value)
+                    };
+                    return Ok(());
+                }
+            }
+            self.$wslow(seg, off, value)
+        }
+
+        /// The full path of a write of `seg:off`.
+        #[inline(never)]
+        fn $wslow(&mut self, seg: Seg, off: u32, value: $ty) -> Result<()> {
             let lin = self.seg_check(seg, off, $n, rights::WRITE)?;
             self.$wlin(lin, value, self.cpl == 3)
         }
@@ -63,11 +102,30 @@ macro_rules! seg_access {
         /// (as hardware does) and returns the linear address for the write.
         #[inline(always)]
         pub(crate) fn $rmw(&mut self, seg: Seg, off: u32) -> Result<(u32, $ty)> {
-            let lin = self.seg_check(seg, off, $n, rights::READ | rights::WRITE)?;
+            let s = &self.segs[seg as usize];
+            if off < s.wend {
+                let lin = s.base.wrapping_add(off);
+                let e = &self.tlb.sets[(self.cpl == 3) as usize][tlb_index(lin)];
+                // A write tag implies the read tag of the same page.
+                if e.wtag == tag_of(lin, $n) {
+                    // SAFETY: a matching write tag: see `host_ptr`.
+                    let v = unsafe { self.host_ptr(lin, e.addend).cast::<$ty>().read_unaligned() };
+                    return Ok((lin, v));
+                }
+            }
+            self.$slow(seg, off, rights::READ | rights::WRITE)
+        }
+
+        /// The full path of a read or read-modify-write of `seg:off`.
+        #[inline(never)]
+        fn $slow(&mut self, seg: Seg, off: u32, need: u8) -> Result<(u32, $ty)> {
+            let lin = self.seg_check(seg, off, $n, need)?;
             let user = self.cpl == 3;
-            let e = &self.tlb.sets[user as usize][tlb_index(lin)];
-            if e.wtag != lin & !0xFFF || !within_page(lin, $n) {
-                self.prepare_write(lin, $n, user)?;
+            if need & rights::WRITE != 0 {
+                let e = &self.tlb.sets[user as usize][tlb_index(lin)];
+                if e.wtag != tag_of(lin, $n) {
+                    self.prepare_write(lin, $n, user)?;
+                }
             }
             Ok((lin, self.$rlin(lin, user)?))
         }
@@ -79,11 +137,23 @@ impl Cpu {
     lin_access!(read_lin_u16, write_lin_u16, u16, 2);
     lin_access!(read_lin_u32, write_lin_u32, u32, 4);
 
-    seg_access!(read_u8, write_u8, rmw_u8, read_lin_u8, write_lin_u8, u8, 1);
+    seg_access!(
+        read_u8,
+        write_u8,
+        rmw_u8,
+        slow_u8,
+        wslow_u8,
+        read_lin_u8,
+        write_lin_u8,
+        u8,
+        1
+    );
     seg_access!(
         read_u16,
         write_u16,
         rmw_u16,
+        slow_u16,
+        wslow_u16,
         read_lin_u16,
         write_lin_u16,
         u16,
@@ -93,11 +163,28 @@ impl Cpu {
         read_u32,
         write_u32,
         rmw_u32,
+        slow_u32,
+        wslow_u32,
         read_lin_u32,
         write_lin_u32,
         u32,
         4
     );
+
+    /// The host address of linear `lin` through a TLB entry's `addend`.
+    /// Every entry with a valid tag maps its linear page to a whole 4 KiB
+    /// page of the backing store (`translate_fill` installs only RAM and
+    /// ROM pages, which are page-aligned and page-sized), and the backing
+    /// reservation never moves or shrinks; so for an access that a tag
+    /// compare placed within that page, the returned pointer is valid for
+    /// the access's size.
+    #[inline(always)]
+    fn host_ptr(&self, lin: u32, addend: u32) -> *mut u8 {
+        self.mem
+            .backing
+            .as_ptr()
+            .wrapping_add(lin.wrapping_add(addend) as usize)
+    }
 
     /// Writes the second half of a read-modify-write at the current privilege.
     #[inline(always)]

@@ -404,6 +404,7 @@ impl Cpu {
             // Real mode checks limits but not types.
             for s in &mut self.segs {
                 s.rights = segment::rights::READ | segment::rights::WRITE;
+                s.set_fast_bounds();
             }
         } else if self.v86_mode() {
             self.cpl = 3;

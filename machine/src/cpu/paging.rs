@@ -236,6 +236,8 @@ impl Cpu {
             Region::Rom(off) => (off, false),
             Region::Mmio => return Ok(t.phys),
         };
+        // `Cpu::host_ptr` relies on this: an entry maps a whole backing page.
+        debug_assert!((off & !0xFFF) as usize + 4096 <= self.mem.backing_len());
         let entry = TlbEntry {
             rtag: page,
             wtag: if writable { page } else { NO_TAG },

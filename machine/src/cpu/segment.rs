@@ -42,6 +42,12 @@ pub struct SegCache {
     /// Highest valid offset.
     pub(crate) hi: u32,
     pub(crate) rights: u8,
+    /// Fast-path bounds derived from `lo`, `hi` and `rights` by
+    /// [`SegCache::set_fast_bounds`]: an access of up to 4 bytes at an offset
+    /// below `rend` (`wend`) may read (write) without further segment
+    /// checks. 0 (the default) sends every access through the full check.
+    pub(crate) rend: u32,
+    pub(crate) wend: u32,
 }
 
 impl SegCache {
@@ -119,6 +125,27 @@ impl SegCache {
         } else {
             rights::READ
         };
+        self.set_fast_bounds();
+    }
+
+    /// Derives `rend`/`wend` from `lo`, `hi` and `rights`. Only expand-up
+    /// segments (lo = 0) get a fast path, and it stops 3 bytes short of
+    /// the limit so that any access of up to 4 bytes below the bound is
+    /// within the segment; the rest takes the full check.
+    pub(crate) fn set_fast_bounds(&mut self) {
+        let end = if self.lo == 0 && self.hi >= 3 {
+            self.hi - 2
+        } else {
+            0
+        };
+        self.rend = if self.rights & rights::READ != 0 {
+            end
+        } else {
+            0
+        };
+        let rw = rights::READ | rights::WRITE;
+        // Writes include the read of a read-modify-write.
+        self.wend = if self.rights & rw == rw { end } else { 0 };
     }
 
     /// A null or unusable segment: every access faults.
