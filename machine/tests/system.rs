@@ -824,6 +824,27 @@ fn rdtsc_counts_instructions_in_deterministic_mode() {
 }
 
 #[test]
+fn rdtsc_in_straight_line_code_counts_each_retired_instruction() {
+    // RDTSC; three NOPs; RDTSC: the second read sees exactly four more
+    // instructions, though all of them may run as one decoded block.
+    let mut g = real(|a| {
+        a.rdtsc().unwrap();
+        a.mov(esi, eax).unwrap();
+        a.nop().unwrap();
+        a.nop().unwrap();
+        a.rdtsc().unwrap();
+        a.hlt().unwrap();
+    });
+    g.cpu.set_tsc_source(TscSource::Instructions {
+        ticks_per_instruction: 1,
+    });
+    g.cpu.set_tsc(500);
+    let t = rdtsc_value(&mut g);
+    assert_eq!(g.cpu.gpr(reg::ESI), 500);
+    assert_eq!(t, 504);
+}
+
+#[test]
 fn rdtsc_from_the_host_clock_advances() {
     let mut g = real(|a| {
         a.rdtsc().unwrap();

@@ -18,6 +18,17 @@ fn tag_of(lin: u32, n: u32) -> u32 {
     lin.wrapping_add(n - 1) & !0xFFF
 }
 
+/// The host address of linear `lin` through a TLB entry's `host`. Every
+/// entry with a valid tag maps its linear page to a whole 4 KiB page of the
+/// backing store (`translate_fill` installs only RAM and ROM pages, which
+/// are page-aligned and page-sized), and the backing reservation never
+/// moves or shrinks; so for an access that a tag compare placed within that
+/// page, the returned pointer is valid for the access's size.
+#[inline(always)]
+fn host_ptr(lin: u32, host: *mut u8) -> *mut u8 {
+    host.wrapping_add(lin as usize)
+}
+
 macro_rules! lin_access {
     ($read:ident, $write:ident, $ty:ty, $n:expr) => {
         /// Reads from a linear address with the given privilege.
@@ -28,7 +39,7 @@ macro_rules! lin_access {
                 // SAFETY: a matching read tag means the access lies within
                 // one page that the entry maps to a whole page of the
                 // backing store (see `host_ptr`).
-                return Ok(unsafe { self.host_ptr(lin, e.addend).cast::<$ty>().read_unaligned() });
+                return Ok(unsafe { host_ptr(lin, e.host).cast::<$ty>().read_unaligned() });
             }
             Ok(self.read_lin_slow(lin, $n, user)? as $ty)
         }
@@ -40,11 +51,7 @@ macro_rules! lin_access {
             if e.wtag == tag_of(lin, $n) {
                 // SAFETY: as for reads; a write tag also means the page is
                 // RAM without cached code.
-                unsafe {
-                    self.host_ptr(lin, e.addend)
-                        .cast::<$ty>()
-                        .write_unaligned(value)
-                };
+                unsafe { host_ptr(lin, e.host).cast::<$ty>().write_unaligned(value) };
                 return Ok(());
             }
             self.write_lin_slow(lin, value as u64, $n, user)
@@ -63,9 +70,7 @@ macro_rules! seg_access {
                 let e = &self.tlb.sets[(self.cpl == 3) as usize][tlb_index(lin)];
                 if e.rtag == tag_of(lin, $n) {
                     // SAFETY: a matching read tag: see `host_ptr`.
-                    return Ok(unsafe {
-                        self.host_ptr(lin, e.addend).cast::<$ty>().read_unaligned()
-                    });
+                    return Ok(unsafe { host_ptr(lin, e.host).cast::<$ty>().read_unaligned() });
                 }
             }
             self.$slow(seg, off, rights::READ).map(|(_, v)| v)
@@ -80,11 +85,7 @@ macro_rules! seg_access {
                 let e = &self.tlb.sets[(self.cpl == 3) as usize][tlb_index(lin)];
                 if e.wtag == tag_of(lin, $n) {
                     // SAFETY: a matching write tag: see `host_ptr`.
-                    unsafe {
-                        self.host_ptr(lin, e.addend)
-                            .cast::<$ty>()
-                            .write_unaligned(value)
-                    };
+                    unsafe { host_ptr(lin, e.host).cast::<$ty>().write_unaligned(value) };
                     return Ok(());
                 }
             }
@@ -109,7 +110,7 @@ macro_rules! seg_access {
                 // A write tag implies the read tag of the same page.
                 if e.wtag == tag_of(lin, $n) {
                     // SAFETY: a matching write tag: see `host_ptr`.
-                    let v = unsafe { self.host_ptr(lin, e.addend).cast::<$ty>().read_unaligned() };
+                    let v = unsafe { host_ptr(lin, e.host).cast::<$ty>().read_unaligned() };
                     return Ok((lin, v));
                 }
             }
@@ -170,21 +171,6 @@ impl Cpu {
         u32,
         4
     );
-
-    /// The host address of linear `lin` through a TLB entry's `addend`.
-    /// Every entry with a valid tag maps its linear page to a whole 4 KiB
-    /// page of the backing store (`translate_fill` installs only RAM and
-    /// ROM pages, which are page-aligned and page-sized), and the backing
-    /// reservation never moves or shrinks; so for an access that a tag
-    /// compare placed within that page, the returned pointer is valid for
-    /// the access's size.
-    #[inline(always)]
-    fn host_ptr(&self, lin: u32, addend: u32) -> *mut u8 {
-        self.mem
-            .backing
-            .as_ptr()
-            .wrapping_add(lin.wrapping_add(addend) as usize)
-    }
 
     /// Writes the second half of a read-modify-write at the current privilege.
     #[inline(always)]

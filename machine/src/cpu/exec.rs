@@ -42,6 +42,9 @@ pub(crate) struct Insn {
     pub handler: Handler,
     pub i: Instruction,
     pub len: u32,
+    /// EIP of the next instruction (blocks are cached per EIP, so it is
+    /// known at decode time), wrapped to the code size.
+    pub next_ip: u32,
     /// Memory operand: segment, base and index register numbers (both
     /// [`reg::ZERO`] when absent), scale as a shift, displacement and
     /// address-size mask. `ea()` combines them without branches.
@@ -249,12 +252,14 @@ fn seg_of(r: Register) -> Seg {
 }
 
 impl Insn {
-    fn new(mut i: Instruction) -> Self {
+    fn new(mut i: Instruction, code32: bool) -> Self {
         p6_alias(&mut i);
+        let ip_mask = if code32 { u32::MAX } else { 0xFFFF };
         let mut d = Insn {
             handler: select_handler(&i),
             i,
             len: i.len() as u32,
+            next_ip: (i.ip32().wrapping_add(i.len() as u32)) & ip_mask,
             seg: Seg::DS,
             base: reg::ZERO as u8,
             index: reg::ZERO as u8,
@@ -546,11 +551,14 @@ impl Cpu {
     /// Returns true when none faulted or stopped the block.
     #[inline(always)]
     fn run_insns<const CHECKED: bool>(&mut self, insns: &[Insn]) -> bool {
-        let ip_mask = if self.code32 { u32::MAX } else { 0xFFFF };
-        for d in insns {
+        // Retired instructions are counted per block; the instructions
+        // that read the count mid-block (RDTSC, RDMSR, WRMSR, RDPMC)
+        // always start a block (see `reads_icount`).
+        for (k, d) in insns.iter().enumerate() {
             if CHECKED {
                 let cs = &self.segs[Seg::CS as usize];
                 if self.eip > cs.hi || cs.hi - self.eip < d.len - 1 {
+                    self.icount += k as u64;
                     self.deliver_fault(Fault::GP0);
                     return false;
                 }
@@ -559,21 +567,19 @@ impl Cpu {
                     self.trace = Some(hook);
                 }
             }
-            self.next_eip = self.eip.wrapping_add(d.len) & ip_mask;
-            match (d.handler)(self, d) {
-                Ok(()) => {
-                    self.eip = self.next_eip;
-                    self.icount += 1;
-                }
-                Err(f) => {
-                    self.deliver_fault(f);
-                    return false;
-                }
+            self.next_eip = d.next_ip;
+            if let Err(f) = (d.handler)(self, d) {
+                self.icount += k as u64;
+                self.deliver_fault(f);
+                return false;
             }
+            self.eip = self.next_eip;
             if self.stop_block {
+                self.icount += k as u64 + 1;
                 return false;
             }
         }
+        self.icount += insns.len() as u64;
         true
     }
 
@@ -627,9 +633,13 @@ impl Cpu {
             if decoder.last_error() == DecoderError::NoMoreBytes {
                 break;
             }
+            if reads_icount(&i) && !insns.is_empty() {
+                // Left for the next block, which it starts.
+                break;
+            }
             span += i.len() as u32;
             let ends = ends_block(&i);
-            insns.push(Insn::new(i));
+            insns.push(Insn::new(i, self.code32));
             if ends {
                 break;
             }
@@ -678,7 +688,7 @@ impl Cpu {
         Ok(Rc::new(Block {
             key: u64::MAX,
             span: i.len() as u32,
-            insns: vec![Insn::new(i)].into(),
+            insns: vec![Insn::new(i, self.code32)].into(),
             code32: self.code32,
         }))
     }
@@ -688,6 +698,15 @@ impl Cpu {
         self.code.invalidate_page(off >> 12);
         self.stop_block = true;
     }
+}
+
+/// Instructions that read the retired-instruction count (the TSC when it
+/// counts instructions), which is exact only at the start of a block.
+fn reads_icount(i: &Instruction) -> bool {
+    matches!(
+        i.code(),
+        Code::Rdtsc | Code::Rdmsr | Code::Wrmsr | Code::Rdpmc
+    )
 }
 
 /// Instructions after which a block ends: every control transfer and

@@ -29,10 +29,13 @@ pub mod vector {
 /// Kept to 8 bytes (the error code's presence is a `bool`, whose spare
 /// values give `Result<(), Fault>` and `Result<u32, Fault>` a niche), so
 /// every handler and memory access returns its result in a register.
+/// `repr(C)` with the `bool` first puts that niche in the low byte, so
+/// testing a result for `Ok` is a single byte compare.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub struct Fault {
-    pub vector: u8,
     has_code: bool,
+    pub vector: u8,
     code: u32,
 }
 

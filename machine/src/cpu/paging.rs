@@ -21,6 +21,9 @@ pub(crate) const NO_TAG: u32 = 1;
 pub(crate) struct TlbEntry {
     pub rtag: u32,
     pub wtag: u32,
+    /// host address = `host` + linear address (wrapping): `addend` turned
+    /// into a pointer into the backing store, for the access fast path.
+    pub host: *mut u8,
     /// backing offset = linear address + addend (wrapping).
     pub addend: u32,
     /// Backing-store offset of the page, for dropping write access when
@@ -34,6 +37,7 @@ pub(crate) struct TlbEntry {
 const EMPTY: TlbEntry = TlbEntry {
     rtag: NO_TAG,
     wtag: NO_TAG,
+    host: std::ptr::null_mut(),
     addend: 0,
     ppage: 0,
     global: false,
@@ -241,6 +245,12 @@ impl Cpu {
         let entry = TlbEntry {
             rtag: page,
             wtag: if writable { page } else { NO_TAG },
+            host: self
+                .mem
+                .backing
+                .as_ptr()
+                .wrapping_add(off as usize)
+                .wrapping_sub(page as usize),
             addend: off.wrapping_sub(page),
             ppage: off & !0xFFF,
             global: t.global,
