@@ -151,6 +151,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         debug_exit: args.debug_exit,
         clock: None,
         port_hook: None,
+        drives: Vec::new(),
     })
     .map_err(|e| e.to_string())?;
     if stdio {
