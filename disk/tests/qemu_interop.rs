@@ -1,0 +1,143 @@
+//! Interoperation with qemu-img's `vpc` driver, both ways. Needs qemu-img
+//! (Debian's qemu-utils); without it each test prints SKIPPED, except in CI
+//! (CI=true) where it fails.
+
+mod common;
+
+use std::path::Path;
+
+use common::{p, pattern, qemu_img, read_all, run};
+use disk::{ImageFormat, create_dynamic, create_fixed, open};
+
+const SIZE: usize = 10 << 20;
+
+fn write_image(path: &Path, data: &[u8]) {
+    let mut d = open(path, true).unwrap();
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        if chunk.iter().any(|&b| b != 0) {
+            d.write_at(i as u64 * (1 << 20), chunk).unwrap();
+        }
+    }
+    d.close().unwrap();
+}
+
+fn qemu_info_size(qemu: &str, path: &Path) -> u64 {
+    let (code, out, err) = run(qemu, &["info", "-f", "vpc", "--output=json", p(path)]);
+    assert_eq!(code, 0, "qemu-img info: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["virtual-size"].as_u64().unwrap()
+}
+
+fn qemu_check(qemu: &str, path: &Path) {
+    let (code, out, err) = run(qemu, &["check", "-f", "vpc", p(path)]);
+    // qemu's vpc driver has no check (exit 63, "does not support checks");
+    // anything else must be a clean check.
+    assert!(
+        code == 0 || (code == 63 && err.contains("not support")),
+        "qemu-img check: {code} {out} {err}"
+    );
+}
+
+#[test]
+fn our_fixed_and_dynamic_images_read_back_identical_in_qemu() {
+    let Some(qemu) = qemu_img("our_fixed_and_dynamic_images_read_back_identical_in_qemu") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(1, SIZE);
+    let raw = dir.path().join("src.raw");
+    std::fs::write(&raw, &data).unwrap();
+    for (name, create) in [
+        (
+            "fixed.vhd",
+            create_fixed as fn(&Path, u64) -> Result<u64, disk::DiskError>,
+        ),
+        ("dynamic.vhd", create_dynamic),
+    ] {
+        let vhd = dir.path().join(name);
+        let size = create(&vhd, SIZE as u64).unwrap();
+        assert!(size >= SIZE as u64);
+        write_image(&vhd, &data);
+        qemu_check(qemu, &vhd);
+        assert_eq!(
+            qemu_info_size(qemu, &vhd),
+            size,
+            "{name}: qemu sees our size"
+        );
+        let (code, out, err) = run(
+            qemu,
+            &["compare", "-f", "raw", "-F", "vpc", p(&raw), p(&vhd)],
+        );
+        assert_eq!(code, 0, "{name}: qemu-img compare: {out} {err}");
+    }
+}
+
+#[test]
+fn qemu_made_images_read_back_identical_here() {
+    let Some(qemu) = qemu_img("qemu_made_images_read_back_identical_here") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(2, SIZE);
+    let raw = dir.path().join("src.raw");
+    std::fs::write(&raw, &data).unwrap();
+    for sub in ["dynamic", "fixed"] {
+        let vhd = dir.path().join(format!("q-{sub}.vhd"));
+        let (code, _, err) = run(
+            qemu,
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "vpc",
+                "-o",
+                &format!("subformat={sub}"),
+                p(&raw),
+                p(&vhd),
+            ],
+        );
+        assert_eq!(code, 0, "qemu-img convert: {err}");
+        let mut d = open(&vhd, false).unwrap();
+        assert_eq!(
+            d.format(),
+            if sub == "fixed" {
+                ImageFormat::VhdFixed
+            } else {
+                ImageFormat::VhdDynamic
+            }
+        );
+        assert_eq!(d.size(), qemu_info_size(qemu, &vhd));
+        let back = read_all(&mut d);
+        assert_eq!(&back[..SIZE], &data[..], "{sub}: data");
+        assert!(back[SIZE..].iter().all(|&b| b == 0), "{sub}: padding");
+    }
+    // An empty image qemu-img creates.
+    let empty = dir.path().join("empty.vhd");
+    let (code, _, err) = run(
+        qemu,
+        &[
+            "create",
+            "-f",
+            "vpc",
+            "-o",
+            "subformat=dynamic",
+            p(&empty),
+            "64M",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let mut d = open(&empty, true).unwrap();
+    assert_eq!(d.size(), qemu_info_size(qemu, &empty));
+    d.write_at(4096, &[7u8; 512]).unwrap();
+    d.close().unwrap();
+    let back = dir.path().join("back.raw");
+    let (code, _, err) = run(
+        qemu,
+        &["convert", "-f", "vpc", "-O", "raw", p(&empty), p(&back)],
+    );
+    assert_eq!(code, 0, "{err}");
+    let back = std::fs::read(&back).unwrap();
+    assert_eq!(&back[4096..4608], &[7u8; 512][..]);
+    assert!(back[..4096].iter().chain(&back[4608..]).all(|&b| b == 0));
+}
