@@ -23,7 +23,7 @@ use crate::format::{
     self, DEFAULT_BLOCK_SIZE, DiskType, DynamicHeader, FOOTER_SIZE, Footer, HEADER_SIZE, Locator,
     MAX_BLOCK_SIZE, MAX_DISK_SIZE, MIN_BLOCK_SIZE, SECTOR, Uuid, VHD_EPOCH,
 };
-use crate::image::{Layer, open};
+use crate::image::{Layer, MAX_CHAIN, open};
 use crate::storage::Storage;
 use crate::vhd::{locator_space, sync, write_at};
 
@@ -212,6 +212,9 @@ pub(crate) fn write_sparse(
 pub fn create_differencing(path: &Path, parent: &Path) -> Result<u64, DiskError> {
     let (size, geometry, block_size, uuid) = {
         let disk = open(parent, false)?;
+        if disk.depth() >= MAX_CHAIN {
+            return Err(DiskError::ChainTooDeep(MAX_CHAIN));
+        }
         let Layer::Vhd(v) = &disk.layers[0] else {
             return Err(DiskError::ParentNotVhd);
         };

@@ -141,3 +141,46 @@ fn qemu_made_images_read_back_identical_here() {
     assert_eq!(&back[4096..4608], &[7u8; 512][..]);
     assert!(back[..4096].iter().chain(&back[4608..]).all(|&b| b == 0));
 }
+
+/// qemu's `vpc` driver reads a differencing image but not its parent (it
+/// shows the child's own sectors over zeros); it cannot create one. So:
+/// a qemu-made parent under our child, read here; and qemu reads our child
+/// alone with our size and our sectors.
+#[test]
+fn our_differencing_child_over_a_qemu_made_parent() {
+    let Some(qemu) = qemu_img("our_differencing_child_over_a_qemu_made_parent") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = pattern(5, SIZE);
+    let raw = dir.path().join("src.raw");
+    std::fs::write(&raw, &data).unwrap();
+    let base = dir.path().join("base.vhd");
+    let (code, _, err) = run(
+        qemu,
+        &["convert", "-f", "raw", "-O", "vpc", p(&raw), p(&base)],
+    );
+    assert_eq!(code, 0, "{err}");
+    let child = dir.path().join("child.vhd");
+    let size = disk::create_differencing(&child, &base).unwrap();
+    let mut d = open(&child, true).unwrap();
+    let ours = [0xC3u8; 8192];
+    d.write_at(3 << 20, &ours).unwrap();
+    d.close().unwrap();
+
+    let mut expect = data.clone();
+    expect.resize(size as usize, 0);
+    expect[3 << 20..(3 << 20) + 8192].copy_from_slice(&ours);
+    let mut d = open(&child, false).unwrap();
+    assert_eq!(read_all(&mut d), expect);
+
+    assert_eq!(qemu_info_size(qemu, &child), size);
+    let alone = dir.path().join("alone.raw");
+    let (code, _, err) = run(
+        qemu,
+        &["convert", "-f", "vpc", "-O", "raw", p(&child), p(&alone)],
+    );
+    assert_eq!(code, 0, "{err}");
+    let alone = std::fs::read(&alone).unwrap();
+    assert_eq!(&alone[3 << 20..(3 << 20) + 8192], &ours[..]);
+}
