@@ -63,6 +63,11 @@ pub enum DiskError {
     BadVersion { what: Structure, version: u32 },
     #[error("unsupported disk type {0} (2 fixed, 3 dynamic, 4 differencing)")]
     BadDiskType(u32),
+    #[error(
+        "the footer at the end of the file is missing or damaged, its copy at offset 0 is intact \
+         (a truncated file?): {0}"
+    )]
+    FooterLost(Box<DiskError>),
     #[error("the footer at the end and its copy at offset 0 differ")]
     FooterMismatch,
     #[error("disk size {0} bytes is over the VHD limit of 2040 GiB")]

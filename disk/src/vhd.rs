@@ -138,7 +138,17 @@ pub(crate) fn read_meta(s: &dyn Storage) -> Result<Meta, DiskError> {
     }
     let mut raw = [0u8; FOOTER_SIZE];
     read_at(s, &mut raw, len - fsize, "footer")?;
-    let footer = Footer::parse(&raw, Structure::Footer)?;
+    let footer = match Footer::parse(&raw, Structure::Footer) {
+        Ok(f) => f,
+        Err(e) => {
+            let mut copy = [0u8; FOOTER_SIZE];
+            read_at(s, &mut copy, 0, "footer copy")?;
+            return Err(match Footer::parse(&copy, Structure::FooterCopy) {
+                Ok(c) if c.disk_type != DiskType::Fixed => DiskError::FooterLost(Box::new(e)),
+                _ => e,
+            });
+        }
+    };
     let footer_offset = len - fsize;
     if footer.disk_type == DiskType::Fixed {
         if footer.current_size > footer_offset {

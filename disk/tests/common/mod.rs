@@ -1,6 +1,8 @@
 //! Helpers shared by the disk crate's integration tests.
 #![allow(dead_code)]
 
+pub mod images;
+
 use std::path::Path;
 use std::process::Command;
 
