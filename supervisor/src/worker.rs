@@ -497,6 +497,7 @@ fn worker_config(def: &VmDef) -> WorkerConfig {
         }),
         serial: true,
         debug: DebugFlags::default(),
+        drives: Vec::new(),
     }
 }
 
