@@ -2,6 +2,7 @@
 //! and `tests/fuzz_corpus.rs`, which runs the corpus in CI without
 //! cargo-fuzz.
 
+use crate::check::check_storage;
 use crate::image::{FormatHint, open_storage};
 use crate::storage::{MemStorage, Storage};
 
@@ -10,6 +11,21 @@ use crate::storage::{MemStorage, Storage};
 /// breaks (an image we wrote and flushed must reopen).
 pub fn open_image(data: &[u8]) {
     for hint in [FormatHint::Probe, FormatHint::Vhd] {
+        let report = check_storage(&MemStorage::new(data.to_vec()), hint);
+        let opened = open_storage(
+            vec![Box::new(MemStorage::new(data.to_vec())) as Box<dyn Storage>],
+            hint,
+            false,
+        );
+        // A file check calls clean opens, unless its parent is missing
+        // (check looks at one file).
+        if report.is_clean() && !matches!(opened, Err(crate::DiskError::MissingParent)) {
+            assert!(
+                opened.is_ok(),
+                "check passed but open failed: {:?}",
+                opened.err()
+            );
+        }
         let storage = MemStorage::new(data.to_vec());
         let Ok(mut disk) = open_storage(
             vec![Box::new(storage.clone()) as Box<dyn Storage>],

@@ -25,6 +25,7 @@
 //! allocation is sized by an unchecked field.
 
 mod chain;
+mod check;
 mod create;
 mod error;
 pub mod format;
@@ -36,6 +37,7 @@ mod vhd;
 pub mod fuzzing;
 
 pub use chain::resolve_chain;
+pub use check::{CheckReport, Problem, ProblemKind, Severity, check, check_storage};
 pub use create::{
     create_differencing, create_dynamic, create_dynamic_with_block_size, create_fixed, create_raw,
 };

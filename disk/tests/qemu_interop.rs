@@ -111,6 +111,8 @@ fn qemu_made_images_read_back_identical_here() {
         let back = read_all(&mut d);
         assert_eq!(&back[..SIZE], &data[..], "{sub}: data");
         assert!(back[SIZE..].iter().all(|&b| b == 0), "{sub}: padding");
+        let report = disk::check(&vhd).unwrap();
+        assert!(report.problems.is_empty(), "{sub}: {report:?}");
     }
     // An empty image qemu-img creates.
     let empty = dir.path().join("empty.vhd");
