@@ -30,6 +30,7 @@ mod create;
 mod error;
 pub mod format;
 mod image;
+mod ops;
 mod storage;
 mod vhd;
 
@@ -46,4 +47,5 @@ pub use image::{
     Disk, FormatHint, ImageFormat, LayerInfo, MAX_CHAIN, open, open_files, open_files_as,
     open_storage,
 };
+pub use ops::{CompactReport, Progress, Target, compact, convert, merge, no_progress, undo};
 pub use storage::{MemStorage, Storage};
