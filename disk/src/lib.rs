@@ -26,6 +26,7 @@
 
 mod chain;
 mod check;
+pub mod cli;
 mod create;
 mod error;
 pub mod format;

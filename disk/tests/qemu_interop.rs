@@ -218,3 +218,42 @@ fn our_differencing_chain_flattened_compares_equal_in_qemu() {
         assert_eq!(code, 0, "{target:?}: {out} {err}");
     }
 }
+
+/// A real file system survives raw -> our dynamic VHD -> qemu's raw:
+/// mkfs.ext4 makes it, e2fsck finds it clean at the end.
+#[test]
+fn an_ext4_file_system_survives_our_vhd_and_qemu() {
+    let Some(qemu) = qemu_img("an_ext4_file_system_survives_our_vhd_and_qemu") else {
+        return;
+    };
+    let has_e2fs = std::process::Command::new("mkfs.ext4")
+        .arg("-V")
+        .output()
+        .is_ok();
+    if !has_e2fs {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "mkfs.ext4 missing in CI"
+        );
+        eprintln!("SKIPPED an_ext4_file_system_survives_our_vhd_and_qemu: no e2fsprogs");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("fs.img");
+    std::fs::write(&raw, vec![0u8; 16 << 20]).unwrap();
+    let (code, _, err) = run("mkfs.ext4", &["-q", "-F", "-L", "bulkhead", p(&raw)]);
+    assert_eq!(code, 0, "{err}");
+    let vhd = dir.path().join("fs.vhd");
+    disk::convert(&raw, &vhd, disk::Target::Dynamic, &mut disk::no_progress).unwrap();
+    let back = dir.path().join("back.img");
+    let (code, _, err) = run(
+        qemu,
+        &["convert", "-f", "vpc", "-O", "raw", p(&vhd), p(&back)],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run("e2fsck", &["-fn", p(&back)]);
+    assert_eq!(code, 0, "e2fsck: {out} {err}");
+    let a = std::fs::read(&raw).unwrap();
+    let b = std::fs::read(&back).unwrap();
+    assert_eq!(&b[..a.len()], &a[..]);
+}

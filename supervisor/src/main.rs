@@ -55,6 +55,9 @@ enum Command {
     /// Manage VMs.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Create, inspect, check and convert disk images (VHD, raw).
+    #[command(subcommand)]
+    Disk(disk::cli::DiskCommand),
     /// Show which sandbox protections this host provides.
     Doctor {
         #[arg(long)]
@@ -193,6 +196,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = match cli.command {
         Command::Run(args) => return run_foreground(args),
+        Command::Disk(cmd) => return disk::cli::run(cmd),
         command => command,
     };
     match run(cli.socket, command) {
@@ -235,6 +239,7 @@ fn run(socket_arg: Option<PathBuf>, command: Command) -> Result<()> {
         }
         // `main` runs it: its exit status is its own.
         Command::Run(_) => Err(anyhow!("`run` is not a client command")),
+        Command::Disk(_) => Err(anyhow!("`disk` is not a client command")),
         Command::Doctor { json } => doctor(json),
         Command::Vm(cmd) => vm(&socket, cmd),
     }
