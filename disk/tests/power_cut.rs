@@ -186,7 +186,7 @@ fn one_cut(seed: u64, leaf: &[u8], parent: &Option<Vec<u8>>) {
             if d.flush().is_err() {
                 break;
             }
-            for (&s, _) in &model.since {
+            for &s in model.since.keys() {
                 model.flushed[s] = current[s];
             }
             model.since.clear();
