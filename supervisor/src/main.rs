@@ -13,10 +13,12 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
+use protocol::DriveMedia;
 use supervisor::api::{Request, VmInfo};
 use supervisor::client::{Client, ClientError};
 use supervisor::config::{self, RestartPolicy};
 use supervisor::daemon;
+use supervisor::drives::DriveDef;
 
 #[derive(Parser)]
 #[command(
@@ -107,6 +109,23 @@ struct RunArgs {
     /// doctor` lists what is missing). Never the default.
     #[arg(long)]
     allow_weaker_sandbox: bool,
+    /// A hard disk: PATH[,slot=SLOT][,ro][,undo=commit|discard] (raw or
+    /// VHD; repeatable; slots fill primary-master, primary-slave,
+    /// secondary-slave; undo runs on a throwaway differencing disk
+    /// committed or discarded when the VM stops).
+    #[arg(long = "disk", value_name = "PATH[,OPTS]", value_parser = disk_spec)]
+    disks: Vec<DriveDef>,
+    /// A CD-ROM: PATH[,slot=SLOT] (an ISO image; secondary-master first).
+    #[arg(long = "cdrom", value_name = "PATH[,OPTS]", value_parser = cdrom_spec)]
+    cdroms: Vec<DriveDef>,
+}
+
+fn disk_spec(s: &str) -> Result<DriveDef, String> {
+    DriveDef::parse(s, DriveMedia::Disk)
+}
+
+fn cdrom_spec(s: &str) -> Result<DriveDef, String> {
+    DriveDef::parse(s, DriveMedia::Cdrom)
 }
 
 #[derive(Subcommand)]
@@ -129,6 +148,15 @@ enum VmCommand {
         /// Start with the daemon.
         #[arg(long)]
         autostart: bool,
+        /// A hard disk: PATH[,slot=SLOT][,ro][,undo=commit|discard] (raw or
+        /// VHD; repeatable; slots fill primary-master, primary-slave,
+        /// secondary-slave; undo runs on a throwaway differencing disk
+        /// committed or discarded when the VM stops).
+        #[arg(long = "disk", value_name = "PATH[,OPTS]", value_parser = disk_spec)]
+        disks: Vec<DriveDef>,
+        /// A CD-ROM: PATH[,slot=SLOT] (an ISO image; secondary-master first).
+        #[arg(long = "cdrom", value_name = "PATH[,OPTS]", value_parser = cdrom_spec)]
+        cdroms: Vec<DriveDef>,
         #[arg(long)]
         json: bool,
     },
@@ -256,6 +284,7 @@ fn run_foreground(args: RunArgs) -> ExitCode {
         uid: args.uid,
         allow_weaker_sandbox: args.allow_weaker_sandbox,
         worker: supervisor::worker::find_worker(),
+        drives: args.disks.into_iter().chain(args.cdroms).collect(),
     });
     ExitCode::from(code as u8)
 }
@@ -284,8 +313,20 @@ fn vm(socket: &Path, cmd: VmCommand) -> Result<()> {
             append,
             restart,
             autostart,
+            disks,
+            cdroms,
             json,
         } => {
+            let drives = disks
+                .into_iter()
+                .chain(cdroms)
+                .map(|d| {
+                    Ok(DriveDef {
+                        path: absolute(&d.path)?.into(),
+                        ..d
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
             let reply = call(
                 socket,
                 &Request::Create {
@@ -296,6 +337,7 @@ fn vm(socket: &Path, cmd: VmCommand) -> Result<()> {
                     append,
                     restart,
                     autostart,
+                    drives,
                 },
             )?;
             if json {
@@ -343,6 +385,25 @@ fn vm(socket: &Path, cmd: VmCommand) -> Result<()> {
             println!("owner uid: {}", v.owner_uid);
             println!("memory:    {} MiB", v.memory_mib);
             println!("kernel:    {}", v.kernel);
+            for d in &v.drives {
+                let mut opts = String::new();
+                if d.read_only {
+                    opts.push_str(", read-only");
+                }
+                if let Some(undo) = d.undo {
+                    opts.push_str(&format!(", undo {undo:?}").to_lowercase());
+                }
+                println!(
+                    "drive:     {} {}: {}{opts}",
+                    d.slot.map_or("-".into(), |s| s.to_string()),
+                    if d.media == DriveMedia::Cdrom {
+                        "cdrom"
+                    } else {
+                        "disk"
+                    },
+                    d.path.display()
+                );
+            }
             if let Some(i) = &v.initrd {
                 println!("initrd:    {i}");
             }
