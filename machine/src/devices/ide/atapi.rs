@@ -19,6 +19,7 @@ pub mod op {
     pub const READ_TOC: u8 = 0x43;
     pub const GET_CONFIGURATION: u8 = 0x46;
     pub const GET_EVENT_STATUS_NOTIFICATION: u8 = 0x4A;
+    pub const READ_DISC_INFORMATION: u8 = 0x51;
     pub const MODE_SENSE_10: u8 = 0x5A;
     pub const READ_12: u8 = 0xA8;
     pub const SET_CD_SPEED: u8 = 0xBB;
@@ -183,8 +184,12 @@ impl CdState {
                     return self.check(Sense::INVALID_FIELD);
                 }
                 let mut d = vec![0x05, 0x80, 0x00, 0x21, 31, 0, 0, 0];
-                d.extend(padded("BULKHEAD", 8));
-                d.extend(padded(&self.model, 16));
+                let (vendor, product) = self
+                    .model
+                    .split_once(' ')
+                    .unwrap_or(("BULKHEAD", &self.model));
+                d.extend(padded(vendor, 8));
+                d.extend(padded(product, 16));
                 d.extend(padded(&self.firmware, 4));
                 Reply::Data(d).cut(usize::from(be16(&cdb[3..5])))
             }
@@ -209,6 +214,17 @@ impl CdState {
                 }
                 let len = (d.len() - 4) as u32;
                 d[0..4].copy_from_slice(&len.to_be_bytes());
+                Reply::Data(d).cut(usize::from(be16(&cdb[7..9])))
+            }
+            op::READ_DISC_INFORMATION => {
+                // A finalized (complete) disc with one session and one track.
+                let mut d = vec![0u8; 34];
+                d[1] = 32;
+                d[2] = 0x0E;
+                d[3] = 1;
+                d[4] = 1;
+                d[5] = 1;
+                d[6] = 1;
                 Reply::Data(d).cut(usize::from(be16(&cdb[7..9])))
             }
             op::GET_EVENT_STATUS_NOTIFICATION => {
