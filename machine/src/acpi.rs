@@ -138,7 +138,7 @@ fn dsdt(ram_top: u32) -> Vec<u8> {
 /// `body` prefixed with its AML PkgLength (which counts itself).
 fn pkg_length(body: Vec<u8>) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 2);
-    if body.len() + 1 <= 0x3F {
+    if body.len() < 0x3F {
         out.push((body.len() + 1) as u8);
     } else {
         let n = body.len() + 2;
