@@ -54,6 +54,7 @@ fn child(kernel: &str, initrd: &str) -> ! {
         debug_exit: false,
         clock: None,
         port_hook: None,
+        drives: Vec::new(),
     })
     .expect("machine");
     let exit = pc.run(None);

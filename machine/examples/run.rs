@@ -12,7 +12,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use machine::pc::{Firmware, FramebufferConfig, FramebufferMemory, Pc, PcConfig, PcExit};
+use machine::pc::{
+    DriveConfig, DriveKind, Firmware, FramebufferConfig, FramebufferMemory, Pc, PcConfig, PcExit,
+};
+use machine::{BlockBackend, ReadOnly};
 
 #[derive(Parser)]
 #[command(about = "Boot a kernel or firmware image on Bulkhead's emulated PC (development runner)")]
@@ -52,6 +55,16 @@ struct Args {
     /// (diagnosing a guest that stops making progress).
     #[arg(long, value_name = "SECS")]
     watchdog: Option<u64>,
+    /// A raw disk image on the IDE controller, read-write; repeat for more
+    /// (primary master, primary slave, then the secondary channel's free slots).
+    #[arg(long, value_name = "FILE")]
+    disk: Vec<PathBuf>,
+    /// Attach the --disk images read-only.
+    #[arg(long)]
+    disk_ro: bool,
+    /// An ISO image in an ATAPI CD-ROM drive (secondary master).
+    #[arg(long, value_name = "FILE.iso")]
+    cdrom: Option<PathBuf>,
     /// Debug console (ports 0xE9/0x402) output.
     #[arg(long, value_enum, default_value_t = DebugConsole::Stderr)]
     debug_console: DebugConsole,
@@ -139,6 +152,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
             Box::new(std::fs::File::create(path).map_err(|e| format!("cannot create {path}: {e}"))?)
         }
     };
+    let drives = drives(&args)?;
     let mut pc = Pc::new(PcConfig {
         ram_mib: args.mem,
         firmware,
@@ -151,6 +165,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         debug_exit: args.debug_exit,
         clock: None,
         port_hook: None,
+        drives,
     })
     .map_err(|e| e.to_string())?;
     if stdio {
@@ -202,6 +217,49 @@ fn run(args: Args) -> Result<ExitCode, String> {
         PcExit::TripleFault => ExitCode::from(3),
         PcExit::InstructionLimit => ExitCode::from(4),
     })
+}
+
+/// The IDE drives --disk, --disk-ro and --cdrom ask for.
+fn drives(args: &Args) -> Result<Vec<DriveConfig>, String> {
+    let open = |path: &PathBuf, write: bool| {
+        std::fs::File::options()
+            .read(true)
+            .write(write)
+            .open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))
+    };
+    let mut drives = Vec::new();
+    if let Some(iso) = &args.cdrom {
+        drives.push(DriveConfig {
+            channel: 1,
+            slave: false,
+            kind: DriveKind::Cdrom,
+            backend: Box::new(ReadOnly(open(iso, false)?)),
+            model: "BULKHEAD CD-ROM".into(),
+            serial: "BHCD0001".into(),
+        });
+    }
+    let mut slots = [(0, false), (0, true), (1, false), (1, true)]
+        .into_iter()
+        .filter(|&(ch, slave)| !(args.cdrom.is_some() && ch == 1 && !slave));
+    for (i, path) in args.disk.iter().enumerate() {
+        let (channel, slave) = slots.next().ok_or("at most four IDE drives")?;
+        let file = open(path, !args.disk_ro)?;
+        let backend: Box<dyn BlockBackend> = if args.disk_ro {
+            Box::new(ReadOnly(file))
+        } else {
+            Box::new(file)
+        };
+        drives.push(DriveConfig {
+            channel,
+            slave,
+            kind: DriveKind::Disk,
+            backend,
+            model: "BULKHEAD HARDDISK".into(),
+            serial: format!("BHHD{i:04}"),
+        });
+    }
+    Ok(drives)
 }
 
 /// The framebuffer (x8r8g8b8) as an RGB PNG.

@@ -45,7 +45,7 @@ pub fn build(base: u32) -> Tables {
     const DSDT: u32 = 0x200;
     let mut b = vec![0u8; TABLES_SIZE as usize];
 
-    let dsdt = dsdt();
+    let dsdt = dsdt(base + TABLES_SIZE);
     b[DSDT as usize..DSDT as usize + dsdt.len()].copy_from_slice(&dsdt);
 
     // FACS: signature, length 64, version 0 (ACPI 1.0).
@@ -96,8 +96,12 @@ pub fn build(base: u32) -> Tables {
     }
 }
 
-/// The DSDT: `Name (\_S5, Package () { SLP_TYP_S5, SLP_TYP_S5, 0, 0 })`.
-fn dsdt() -> Vec<u8> {
+/// The DSDT: `Name (\_S5, Package () { SLP_TYP_S5, SLP_TYP_S5, 0, 0 })`
+/// and the PCI root bridge `\_SB.PCI0` (PNP0A03) with its `_CRS`: under
+/// ACPI, Linux scans PCI only below the root bridges the namespace declares,
+/// and assigns device BARs only inside the windows their `_CRS` names.
+/// `ram_top` is where guest RAM ends (the memory window starts there).
+fn dsdt(ram_top: u32) -> Vec<u8> {
     let mut t = header(b"DSDT", 36, 1);
     t.extend_from_slice(&[
         0x08, // NameOp
@@ -109,10 +113,70 @@ fn dsdt() -> Vec<u8> {
         0x0A, SLP_TYP_S5, 0x00, // ZeroOp
         0x00, // ZeroOp
     ]);
+    let mut device = b"PCI0".to_vec();
+    device.extend_from_slice(&[
+        0x08, b'_', b'H', b'I', b'D', // Name (_HID, EisaId ("PNP0A03"))
+        0x0C, 0x41, 0xD0, 0x0A, 0x03, 0x08, b'_', b'A', b'D', b'R', 0x00, // Name (_ADR, Zero)
+        0x08, b'_', b'U', b'I', b'D', 0x00, // Name (_UID, Zero)
+    ]);
+    let crs = pci_crs(ram_top);
+    let mut buffer = vec![0x0A, crs.len() as u8]; // BufferSize (BytePrefix)
+    buffer.extend(crs);
+    device.extend_from_slice(&[0x08, b'_', b'C', b'R', b'S', 0x11]); // Name (_CRS, Buffer
+    device.extend(pkg_length(buffer));
+    let mut scope = b"\\_SB_".to_vec();
+    scope.extend_from_slice(&[0x5B, 0x82]); // DeviceOp
+    scope.extend(pkg_length(device));
+    t.push(0x10); // ScopeOp
+    t.extend(pkg_length(scope));
     let len = t.len() as u32;
     put32(&mut t, 4, len);
     finish(&mut t);
     t
+}
+
+/// `body` prefixed with its AML PkgLength (which counts itself).
+fn pkg_length(body: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 2);
+    if body.len() < 0x3F {
+        out.push((body.len() + 1) as u8);
+    } else {
+        let n = body.len() + 2;
+        debug_assert!(n <= 0xFFF);
+        out.push(0x40 | (n & 0x0F) as u8);
+        out.push((n >> 4) as u8);
+    }
+    out.extend(body);
+    out
+}
+
+/// The root bridge's resources: bus 0-255, the configuration ports, I/O
+/// below and above them, the VGA window and memory from the end of RAM to
+/// below the I/O APIC area.
+fn pci_crs(ram_top: u32) -> Vec<u8> {
+    let mut r = Vec::new();
+    let word = |r: &mut Vec<u8>, kind: u8, flags: u8, min: u16, max: u16| {
+        // Word Address Space Descriptor: producer, fixed min and max.
+        r.extend_from_slice(&[0x88, 0x0D, 0x00, kind, 0x0C, flags, 0, 0]);
+        for v in [min, max, 0, max - min + 1] {
+            r.extend_from_slice(&v.to_le_bytes());
+        }
+    };
+    word(&mut r, 2, 0, 0x0000, 0x00FF); // bus numbers
+    r.extend_from_slice(&[0x47, 0x01, 0xF8, 0x0C, 0xF8, 0x0C, 0x01, 0x08]); // IO 0xCF8, 8 ports
+    word(&mut r, 1, 0x03, 0x0000, 0x0CF7);
+    word(&mut r, 1, 0x03, 0x0D00, 0xFFFF);
+    let dword_memory = |r: &mut Vec<u8>, min: u32, max: u32| {
+        // DWord Address Space Descriptor: memory, read-write, non-cacheable.
+        r.extend_from_slice(&[0x87, 0x17, 0x00, 0x00, 0x0C, 0x01]);
+        for v in [0, min, max, 0, max - min + 1] {
+            r.extend_from_slice(&v.to_le_bytes());
+        }
+    };
+    dword_memory(&mut r, 0x000A_0000, 0x000B_FFFF);
+    dword_memory(&mut r, ram_top, 0xFEBF_FFFF);
+    r.extend_from_slice(&[0x79, 0x00]); // End Tag
+    r
 }
 
 /// A standard 36-byte SDT header with a zero checksum.
@@ -177,15 +241,33 @@ mod tests {
         );
         assert_eq!((&dsdt[0..4], sum(dsdt)), (&b"DSDT"[..], 0));
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        assert!(dsdt.windows(4).any(|w| w == b"PCI0"));
         assert_eq!(rsdt.len(), 40, "the RSDT lists only the FADT (no MADT)");
     }
 
     #[test]
     fn s5_package_encodes_four_elements() {
-        let d = dsdt();
+        let d = dsdt(0x1000_0000);
         let pkg = d.windows(2).position(|w| w == [0x12, 0x08]).unwrap();
-        // PkgLength counts itself and everything after it in the package.
-        assert_eq!(d.len() - (pkg + 1), 0x08);
+        // PkgLength counts itself and everything after it in the package:
+        // the package ends where the \_SB scope starts.
+        let scope = d.windows(5).position(|w| w == b"\\_SB_").unwrap() - 3;
+        assert_eq!(scope - (pkg + 1), 0x08);
         assert_eq!(d[pkg + 2], 4);
+    }
+
+    #[test]
+    fn pci_root_bridge_scope_reaches_the_table_end() {
+        let d = dsdt(0x1000_0000);
+        let scope = d.windows(5).position(|w| w == b"\\_SB_").unwrap() - 3;
+        let len = usize::from(d[scope + 1] & 0x0F) | usize::from(d[scope + 2]) << 4;
+        assert_eq!(d[scope], 0x10);
+        assert_eq!(d.len() - (scope + 1), len);
+    }
+
+    #[test]
+    fn pkg_length_uses_two_bytes_past_63() {
+        assert_eq!(pkg_length(vec![0; 62])[0], 63);
+        assert_eq!(&pkg_length(vec![0; 100])[..2], &[0x46, 0x06]);
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod acpi;
 mod backing;
+mod block;
 pub mod boot;
 mod bus;
 mod cpu;
@@ -14,6 +15,7 @@ mod memory;
 pub mod pc;
 
 pub use backing::BackingError;
+pub use block::{BlockBackend, ReadOnly};
 pub use bus::{Bus, IoSize, NullBus, Signals};
 pub use cpu::{
     Cpu, CpuidInfo, Fault, RunExit, Seg, SegCache, ShutdownReason, TableReg, TraceHook, TscSource,

@@ -115,6 +115,7 @@ fn boot() -> (PcHandle, Serial, FbView, std::thread::JoinHandle<PcExit>) {
             debug_exit: false,
             clock: None,
             port_hook: None,
+            drives: Vec::new(),
         })
         .expect("machine");
         tx.send(pc.handle()).unwrap();

@@ -60,6 +60,7 @@ fn pc(kernel: Vec<u8>, com1: Capture) -> Pc {
         debug_exit: true,
         clock: None,
         port_hook: None,
+        drives: Vec::new(),
     })
     .expect("machine")
 }

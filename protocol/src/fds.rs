@@ -15,7 +15,7 @@
 //! | 6  | [`KERNEL`] | bzImage, read-only | Linux boot |
 //! | 7  | [`INITRD`] | initrd, read-only | Linux boot with an initrd |
 //! | 8  | [`FIRMWARE`] | BIOS image, read-only | firmware boot |
-//! | 9… | [`FIRST_EXTRA`] | later: disk images, NIC channels | as configured |
+//! | 9… | [`FIRST_EXTRA`] | disk images in [`crate::WorkerConfig::drives`] order (each image, then its VHD parents); later NIC channels | as configured |
 
 use std::os::fd::RawFd;
 

@@ -144,7 +144,9 @@ pub fn sample_from_worker() -> Vec<FromWorker> {
 /// A Linux-boot configuration using the documented fds.
 pub fn sample_config() -> WorkerConfig {
     use crate::fds;
-    use crate::messages::{BootSource, DebugFlags, FramebufferSize};
+    use crate::messages::{
+        BootSource, DebugFlags, DriveAttachment, DriveMedia, FramebufferSize, IdeSlot, ImageFormat,
+    };
     WorkerConfig {
         ram_mib: 256,
         boot: BootSource::Linux {
@@ -161,5 +163,21 @@ pub fn sample_config() -> WorkerConfig {
             debug_exit: true,
             ..DebugFlags::default()
         },
+        drives: vec![
+            DriveAttachment {
+                slot: IdeSlot::PrimaryMaster,
+                media: DriveMedia::Disk,
+                format: ImageFormat::Vhd,
+                fds: vec![fds::FIRST_EXTRA, fds::FIRST_EXTRA + 1],
+                read_only: false,
+            },
+            DriveAttachment {
+                slot: IdeSlot::SecondaryMaster,
+                media: DriveMedia::Cdrom,
+                format: ImageFormat::Raw,
+                fds: vec![fds::FIRST_EXTRA + 2],
+                read_only: true,
+            },
+        ],
     }
 }

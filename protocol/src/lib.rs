@@ -34,7 +34,8 @@ pub use frame::{
 };
 pub use framebuffer::{DirtyTiles, FbError, FbReader, FbWriter, Frame, PIXELS_OFFSET, encode_png};
 pub use messages::{
-    BootSource, DebugFlags, FramebufferSize, FromWorker, GuestEvent, Hello, KeyEvent, LogLevel,
-    LogLine, LogText, PROTOCOL_VERSION, PixelFormat, PointerEvent, ReadyInfo, SerialBytes, Set2Key,
-    Stats, ToWorker, VideoMode, VmState, WorkerConfig,
+    BootSource, DebugFlags, DriveAttachment, DriveMedia, FramebufferSize, FromWorker, GuestEvent,
+    Hello, IdeSlot, ImageFormat, KeyEvent, LogLevel, LogLine, LogText, PROTOCOL_VERSION,
+    PixelFormat, PointerEvent, ReadyInfo, SerialBytes, Set2Key, Stats, ToWorker, VideoMode,
+    VmState, WorkerConfig,
 };

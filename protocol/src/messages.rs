@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Bumped on every incompatible change to any message in this module.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The first bytes of every connection.
 pub const HELLO_MAGIC: [u8; 8] = *b"BULKHEAD";
 
@@ -394,6 +394,94 @@ pub struct WorkerConfig {
     /// COM1 output goes to [`crate::fds::SERIAL_COM1`].
     pub serial: bool,
     pub debug: DebugFlags,
+    /// IDE drives, their image descriptors at [`crate::fds::FIRST_EXTRA`]
+    /// onwards in the order listed.
+    pub drives: Vec<DriveAttachment>,
+}
+
+/// One IDE drive of the PIIX3 controller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveAttachment {
+    pub slot: IdeSlot,
+    pub media: DriveMedia,
+    pub format: ImageFormat,
+    /// The image's descriptors: the image itself first, then (for a VHD
+    /// differencing chain) each parent in turn. Only the first is ever
+    /// written, and only when `read_only` is false.
+    pub fds: Vec<i32>,
+    pub read_only: bool,
+}
+
+/// Where a drive sits on the two IDE channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdeSlot {
+    PrimaryMaster,
+    PrimarySlave,
+    SecondaryMaster,
+    SecondarySlave,
+}
+
+impl IdeSlot {
+    pub const ALL: [IdeSlot; 4] = [
+        IdeSlot::PrimaryMaster,
+        IdeSlot::PrimarySlave,
+        IdeSlot::SecondaryMaster,
+        IdeSlot::SecondarySlave,
+    ];
+    /// Channel (0 primary, 1 secondary) and position (0 master, 1 slave).
+    pub fn channel_and_position(self) -> (u8, u8) {
+        match self {
+            IdeSlot::PrimaryMaster => (0, 0),
+            IdeSlot::PrimarySlave => (0, 1),
+            IdeSlot::SecondaryMaster => (1, 0),
+            IdeSlot::SecondarySlave => (1, 1),
+        }
+    }
+}
+
+impl std::fmt::Display for IdeSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IdeSlot::PrimaryMaster => "primary-master",
+            IdeSlot::PrimarySlave => "primary-slave",
+            IdeSlot::SecondaryMaster => "secondary-master",
+            IdeSlot::SecondarySlave => "secondary-slave",
+        })
+    }
+}
+
+impl std::str::FromStr for IdeSlot {
+    type Err = String;
+    fn from_str(s: &str) -> Result<IdeSlot, String> {
+        IdeSlot::ALL
+            .into_iter()
+            .find(|slot| slot.to_string() == s)
+            .ok_or_else(|| {
+                format!("{s:?}: expected primary-master, primary-slave, secondary-master or secondary-slave")
+            })
+    }
+}
+
+/// What the drive is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriveMedia {
+    /// An ATA hard disk.
+    Disk,
+    /// An ATAPI CD-ROM drive (2048-byte sectors, always read-only).
+    Cdrom,
+}
+
+/// How the drive's image is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageFormat {
+    /// Sector after sector (also ISO images).
+    Raw,
+    /// A VHD (fixed, dynamic or differencing).
+    Vhd,
 }
 
 /// What the machine starts from.
@@ -445,6 +533,15 @@ pub enum ConfigError {
     CmdlineNul,
     #[error("framebuffer {width}x{height} is out of range (1..={max} each way)", max = crate::framebuffer::MAX_DIMENSION)]
     BadFramebuffer { width: u32, height: u32 },
+    #[error("{0} drives: at most 4 (two IDE channels, master and slave)")]
+    TooManyDrives(usize),
+    #[error("two drives in the {0} slot")]
+    DuplicateSlot(IdeSlot),
+    #[error("the drive in {slot}: {problem}")]
+    BadDrive {
+        slot: IdeSlot,
+        problem: &'static str,
+    },
 }
 
 impl WorkerConfig {
@@ -489,6 +586,48 @@ impl WorkerConfig {
             let max = crate::framebuffer::MAX_DIMENSION;
             if width == 0 || height == 0 || width > max || height > max {
                 return Err(ConfigError::BadFramebuffer { width, height });
+            }
+        }
+        self.validate_drives()
+    }
+
+    /// Longest VHD differencing chain a drive may have (image and parents).
+    pub const MAX_CHAIN: usize = 16;
+
+    /// Drives: distinct slots, descriptors numbered consecutively from
+    /// [`crate::fds::FIRST_EXTRA`], raw images without parents, CD-ROMs
+    /// read-only.
+    fn validate_drives(&self) -> Result<(), ConfigError> {
+        if self.drives.len() > IdeSlot::ALL.len() {
+            return Err(ConfigError::TooManyDrives(self.drives.len()));
+        }
+        let mut next_fd = crate::fds::FIRST_EXTRA;
+        for (i, d) in self.drives.iter().enumerate() {
+            let bad = |problem| {
+                Err(ConfigError::BadDrive {
+                    slot: d.slot,
+                    problem,
+                })
+            };
+            if self.drives[..i].iter().any(|o| o.slot == d.slot) {
+                return Err(ConfigError::DuplicateSlot(d.slot));
+            }
+            if d.fds.is_empty() || d.fds.len() > WorkerConfig::MAX_CHAIN {
+                return bad("an image needs 1 to 16 descriptors (itself and its parents)");
+            }
+            if d.format == ImageFormat::Raw && d.fds.len() != 1 {
+                return bad("a raw image has no parents");
+            }
+            if d.media == DriveMedia::Cdrom && !d.read_only {
+                return bad("a CD-ROM is read-only");
+            }
+            for &fd in &d.fds {
+                if fd != next_fd {
+                    return bad(
+                        "descriptors must be numbered consecutively from fd 9 in drive order",
+                    );
+                }
+                next_fd += 1;
             }
         }
         Ok(())
@@ -653,6 +792,49 @@ mod tests {
             c.validate(),
             Err(ConfigError::BadFramebuffer { .. })
         ));
+    }
+
+    #[test]
+    fn config_validation_refuses_bad_drives() {
+        use crate::fds::FIRST_EXTRA;
+        let bad = |f: &dyn Fn(&mut WorkerConfig)| {
+            let mut c = sample_config();
+            f(&mut c);
+            c.validate()
+        };
+        assert_eq!(
+            bad(&|c| c.drives[1].slot = IdeSlot::PrimaryMaster),
+            Err(ConfigError::DuplicateSlot(IdeSlot::PrimaryMaster))
+        );
+        let problem = |r: Result<(), ConfigError>| match r {
+            Err(ConfigError::BadDrive { problem, .. }) => problem,
+            other => panic!("expected BadDrive, got {other:?}"),
+        };
+        assert!(problem(bad(&|c| c.drives[1].read_only = false)).contains("read-only"));
+        assert!(problem(bad(&|c| c.drives[0].fds.clear())).contains("descriptors"));
+        assert!(problem(bad(&|c| c.drives[1].fds.push(FIRST_EXTRA + 3))).contains("no parents"));
+        // Gaps, reordering and fds below 9 are all refused.
+        assert!(
+            problem(bad(&|c| c.drives[1].fds = vec![FIRST_EXTRA + 3])).contains("consecutively")
+        );
+        assert!(problem(bad(&|c| c.drives[0].fds.swap(0, 1))).contains("consecutively"));
+        assert!(
+            problem(bad(&|c| c.drives[0].fds[0] = crate::fds::CONTROL)).contains("consecutively")
+        );
+        assert!(
+            problem(bad(
+                &|c| c.drives[0].fds = (FIRST_EXTRA..FIRST_EXTRA + 17).collect()
+            ))
+            .contains("1 to 16")
+        );
+        assert_eq!(
+            bad(&|c| {
+                let d = c.drives[0].clone();
+                c.drives = vec![d.clone(), d.clone(), d.clone(), d.clone(), d];
+            }),
+            Err(ConfigError::TooManyDrives(5))
+        );
+        assert_eq!(bad(&|c| c.drives.clear()), Ok(()));
     }
 
     #[test]

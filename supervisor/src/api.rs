@@ -33,6 +33,10 @@ pub enum Request {
         restart: RestartPolicy,
         #[serde(default)]
         autostart: bool,
+        /// IDE drives; slots left out are assigned (disks on the primary
+        /// channel, CD-ROMs on the secondary).
+        #[serde(default)]
+        drives: Vec<crate::drives::DriveDef>,
     },
     #[serde(rename = "vm.list")]
     List {},
@@ -203,6 +207,8 @@ pub struct VmInfo {
     pub append: String,
     pub restart: RestartPolicy,
     pub autostart: bool,
+    #[serde(default)]
+    pub drives: Vec<crate::drives::DriveDef>,
     /// stopped, starting, running, paused, backoff, failed.
     pub state: String,
     pub pid: Option<u32>,

@@ -81,14 +81,28 @@ pub struct VmDef {
     pub restart: RestartPolicy,
     #[serde(default)]
     pub autostart: bool,
+    /// IDE drives (`[[drive]]` tables).
+    #[serde(default, rename = "drive", skip_serializing_if = "Vec::is_empty")]
+    pub drives: Vec<crate::drives::DriveDef>,
 }
 
 /// Largest guest RAM (the worker's limit).
 pub const MAX_MEMORY_MIB: u32 = protocol::WorkerConfig::MAX_RAM_MIB;
 
 impl VmDef {
+    /// Checks the definition and gives drives without a slot their slot.
+    pub fn normalize(&mut self) -> Result<(), ConfigError> {
+        crate::drives::assign_slots(&mut self.drives)?;
+        self.validate()
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_name(&self.name)?;
+        if self.drives.iter().any(|d| d.slot.is_none()) {
+            return Err(ConfigError::Invalid("a drive has no slot".into()));
+        }
+        let mut drives = self.drives.clone();
+        crate::drives::assign_slots(&mut drives)?;
         if self.memory_mib == 0 || self.memory_mib > MAX_MEMORY_MIB {
             return Err(ConfigError::Invalid(format!(
                 "memory {} MiB is out of range: use 1..={MAX_MEMORY_MIB}",
@@ -172,6 +186,10 @@ impl StateDir {
     pub fn policy(&self) -> PathBuf {
         self.root.join("policy.toml")
     }
+    /// The VM's undo disks (see [`crate::drives`]).
+    pub fn undo(&self, name: &str) -> PathBuf {
+        self.root.join("undo").join(name)
+    }
 
     /// Creates the directories (mode 0700: definitions name host paths).
     pub fn create(&self) -> Result<(), ConfigError> {
@@ -181,6 +199,7 @@ impl StateDir {
             self.vms(),
             self.logs(),
             self.root.join("forensics"),
+            self.root.join("undo"),
         ] {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -222,11 +241,12 @@ impl StateDir {
 
 fn load_def(path: &Path) -> Result<VmDef, ConfigError> {
     let text = fs::read_to_string(path).map_err(io_err(path))?;
-    let def: VmDef = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+    let mut def: VmDef = toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    def.validate().map_err(|e| ConfigError::Parse {
+    // A hand-written `[[drive]]` may leave the slot out.
+    def.normalize().map_err(|e| ConfigError::Parse {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
@@ -361,8 +381,17 @@ mod tests {
             append: "console=ttyS0".into(),
             restart: RestartPolicy::OnFailure,
             autostart: true,
+            drives: vec![crate::drives::DriveDef {
+                path: "/disk.vhd".into(),
+                slot: Some(protocol::IdeSlot::PrimaryMaster),
+                media: protocol::DriveMedia::Disk,
+                read_only: false,
+                undo: Some(crate::drives::UndoAction::Discard),
+            }],
         };
         state.save(&def).unwrap();
+        let text = fs::read_to_string(state.vm_file("web")).unwrap();
+        assert!(text.contains("[[drive]]"), "{text}");
         fs::write(state.vms().join("bad.toml"), "name = 1").unwrap();
         let (defs, errors) = state.load_all();
         assert_eq!(defs, vec![def]);

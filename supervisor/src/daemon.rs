@@ -132,6 +132,7 @@ impl Vm {
             append: d.append.clone(),
             restart: d.restart,
             autostart: d.autostart,
+            drives: d.drives.clone(),
             state: self.status.as_str().to_string(),
             pid: self.run.as_ref().and_then(|r| r.pid),
             uptime_ms: self
@@ -457,6 +458,7 @@ async fn handle(
             append,
             restart,
             autostart,
+            drives,
         } => {
             let def = VmDef {
                 name,
@@ -467,6 +469,7 @@ async fn handle(
                 append,
                 restart,
                 autostart,
+                drives,
             };
             create(d, caller, def)
         }
@@ -532,6 +535,17 @@ async fn handle(
                     _ => Err(e),
                 })
                 .map_err(|e| ApiError::internal(format!("removing the definition: {e}")))?;
+            // Undo disks left by a VM parked as failed were never
+            // committed: removing the VM discards them.
+            let undo = d.state.undo(&name);
+            if undo.exists() {
+                std::fs::remove_dir_all(&undo).map_err(|e| {
+                    ApiError::internal(format!(
+                        "removing the undo disks in {}: {e}",
+                        undo.display()
+                    ))
+                })?;
+            }
             vms.remove(&name);
             Ok(json!({}))
         }
@@ -561,11 +575,20 @@ async fn handle(
     }
 }
 
-fn create(d: &Arc<Daemon>, caller: Caller, def: VmDef) -> Result<serde_json::Value, ApiError> {
-    def.validate()
+fn create(d: &Arc<Daemon>, caller: Caller, mut def: VmDef) -> Result<serde_json::Value, ApiError> {
+    def.normalize()
         .map_err(|e| ApiError::new(ErrorKind::BadRequest, e.to_string()))?;
     for path in std::iter::once(&def.kernel).chain(def.initrd.as_ref()) {
         check_readable(caller, path)?;
+    }
+    for drive in &def.drives {
+        // An undo drive's image is only read; its writes go to the undo disk.
+        check_access(
+            caller,
+            &drive.path,
+            !drive.read_only && drive.undo.is_none(),
+        )?;
+        crate::drives::check_image(drive).map_err(|e| ApiError::new(ErrorKind::BadRequest, e))?;
     }
     let mut vms = d.vms();
     if vms.contains_key(&def.name) {
@@ -613,10 +636,15 @@ fn create(d: &Arc<Daemon>, caller: Caller, def: VmDef) -> Result<serde_json::Val
     Ok(json!({ "vm": info }))
 }
 
-/// The daemon opens images on the caller's behalf (the broker model), so it
-/// checks that the caller could read them itself: every directory on the
-/// way searchable and the file readable by the caller's uid or primary gid.
 fn check_readable(caller: Caller, path: &Path) -> Result<(), ApiError> {
+    check_access(caller, path, false)
+}
+
+/// The daemon opens images on the caller's behalf (the broker model), so it
+/// checks that the caller could open them itself: every directory on the
+/// way searchable and the file readable (and writable when `write`) by the
+/// caller's uid or primary gid.
+pub(crate) fn check_access(caller: Caller, path: &Path, write: bool) -> Result<(), ApiError> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path)
         .map_err(|e| ApiError::new(ErrorKind::BadRequest, format!("{}: {e}", path.display())))?;
@@ -643,13 +671,14 @@ fn check_readable(caller: Caller, path: &Path) -> Result<(), ApiError> {
         ApiError::new(
             ErrorKind::PermissionDenied,
             format!(
-                "{}: you (uid {}) cannot read this file",
+                "{}: you (uid {}) cannot {} this file",
                 path.display(),
-                caller.uid
+                caller.uid,
+                if write { "write" } else { "read" }
             ),
         )
     };
-    if !allows(&meta, 4) {
+    if !allows(&meta, 4) || (write && !allows(&meta, 2)) {
         return Err(denied());
     }
     for dir in path.ancestors().skip(1) {
@@ -823,6 +852,7 @@ pub fn run_ended(
     record: ExitRecord,
     crash: Option<CrashRecord>,
 ) {
+    let mut undo_drives;
     let restart_after = {
         let mut vms = d.vms();
         let Some(vm) = vms.get_mut(name) else {
@@ -831,6 +861,7 @@ pub fn run_ended(
         if vm.generation != generation {
             return;
         }
+        undo_drives = vm.def.drives.clone();
         let stop_requested = vm.run.as_ref().is_some_and(|r| r.stop_requested);
         vm.run = None;
         if let Some(crash) = crash {
@@ -848,6 +879,8 @@ pub fn run_ended(
             vm.status = Status::Stopped;
             None
         } else {
+            // A restart continues on the same undo disks.
+            undo_drives.clear();
             let now = Instant::now();
             let window = Duration::from_millis(policy.crash_loop_window_ms);
             if failure {
@@ -864,6 +897,9 @@ pub fn run_ended(
             if failure && n >= policy.crash_loop_failures {
                 eprintln!("bulkhead: {name}: {n} failures within {window:?}: parked as failed");
                 vm.status = Status::Failed;
+                // Its undo disks stay for the operator to inspect; the
+                // next start continues on them.
+                undo_drives.clear();
                 None
             } else {
                 vm.status = Status::Backoff;
@@ -876,6 +912,25 @@ pub fn run_ended(
             }
         }
     };
+    if restart_after.is_none() && undo_drives.iter().any(|dr| dr.undo.is_some()) {
+        // The VM stopped for good: its undo disks
+        // are committed or discarded now. A commit can take a while; the
+        // daemon's runtime is multi-threaded, so other VMs carry on.
+        let dir = d.state.undo(name);
+        let finish = || crate::drives::finish_undo(&undo_drives, &dir);
+        let lines = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(finish)
+            }
+            _ => finish(),
+        };
+        for line in lines {
+            match line {
+                Ok(line) => eprintln!("bulkhead: {name}: {line}"),
+                Err(e) => eprintln!("bulkhead: {name}: undo disk: {e}"),
+            }
+        }
+    }
     d.run_ended.notify_waiters();
     if let Some(delay) = restart_after {
         let d = d.clone();

@@ -14,6 +14,7 @@ pub mod base64;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod drives;
 pub mod run;
 pub mod serial;
 mod sys;

@@ -13,10 +13,12 @@ use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
+use protocol::DriveMedia;
 use supervisor::api::{Request, VmInfo};
 use supervisor::client::{Client, ClientError};
 use supervisor::config::{self, RestartPolicy};
 use supervisor::daemon;
+use supervisor::drives::DriveDef;
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +57,9 @@ enum Command {
     /// Manage VMs.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Create, inspect, check and convert disk images (VHD, raw).
+    #[command(subcommand)]
+    Disk(disk::cli::DiskCommand),
     /// Show which sandbox protections this host provides.
     Doctor {
         #[arg(long)]
@@ -104,6 +109,23 @@ struct RunArgs {
     /// doctor` lists what is missing). Never the default.
     #[arg(long)]
     allow_weaker_sandbox: bool,
+    /// A hard disk: PATH[,slot=SLOT][,ro][,undo=commit|discard] (raw or
+    /// VHD; repeatable; slots fill primary-master, primary-slave,
+    /// secondary-slave; undo runs on a throwaway differencing disk
+    /// committed or discarded when the VM stops).
+    #[arg(long = "disk", value_name = "PATH[,OPTS]", value_parser = disk_spec)]
+    disks: Vec<DriveDef>,
+    /// A CD-ROM: PATH[,slot=SLOT] (an ISO image; secondary-master first).
+    #[arg(long = "cdrom", value_name = "PATH[,OPTS]", value_parser = cdrom_spec)]
+    cdroms: Vec<DriveDef>,
+}
+
+fn disk_spec(s: &str) -> Result<DriveDef, String> {
+    DriveDef::parse(s, DriveMedia::Disk)
+}
+
+fn cdrom_spec(s: &str) -> Result<DriveDef, String> {
+    DriveDef::parse(s, DriveMedia::Cdrom)
 }
 
 #[derive(Subcommand)]
@@ -126,6 +148,15 @@ enum VmCommand {
         /// Start with the daemon.
         #[arg(long)]
         autostart: bool,
+        /// A hard disk: PATH[,slot=SLOT][,ro][,undo=commit|discard] (raw or
+        /// VHD; repeatable; slots fill primary-master, primary-slave,
+        /// secondary-slave; undo runs on a throwaway differencing disk
+        /// committed or discarded when the VM stops).
+        #[arg(long = "disk", value_name = "PATH[,OPTS]", value_parser = disk_spec)]
+        disks: Vec<DriveDef>,
+        /// A CD-ROM: PATH[,slot=SLOT] (an ISO image; secondary-master first).
+        #[arg(long = "cdrom", value_name = "PATH[,OPTS]", value_parser = cdrom_spec)]
+        cdroms: Vec<DriveDef>,
         #[arg(long)]
         json: bool,
     },
@@ -193,6 +224,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = match cli.command {
         Command::Run(args) => return run_foreground(args),
+        Command::Disk(cmd) => return disk::cli::run(cmd),
         command => command,
     };
     match run(cli.socket, command) {
@@ -235,6 +267,7 @@ fn run(socket_arg: Option<PathBuf>, command: Command) -> Result<()> {
         }
         // `main` runs it: its exit status is its own.
         Command::Run(_) => Err(anyhow!("`run` is not a client command")),
+        Command::Disk(_) => Err(anyhow!("`disk` is not a client command")),
         Command::Doctor { json } => doctor(json),
         Command::Vm(cmd) => vm(&socket, cmd),
     }
@@ -251,6 +284,7 @@ fn run_foreground(args: RunArgs) -> ExitCode {
         uid: args.uid,
         allow_weaker_sandbox: args.allow_weaker_sandbox,
         worker: supervisor::worker::find_worker(),
+        drives: args.disks.into_iter().chain(args.cdroms).collect(),
     });
     ExitCode::from(code as u8)
 }
@@ -279,8 +313,20 @@ fn vm(socket: &Path, cmd: VmCommand) -> Result<()> {
             append,
             restart,
             autostart,
+            disks,
+            cdroms,
             json,
         } => {
+            let drives = disks
+                .into_iter()
+                .chain(cdroms)
+                .map(|d| {
+                    Ok(DriveDef {
+                        path: absolute(&d.path)?.into(),
+                        ..d
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
             let reply = call(
                 socket,
                 &Request::Create {
@@ -291,6 +337,7 @@ fn vm(socket: &Path, cmd: VmCommand) -> Result<()> {
                     append,
                     restart,
                     autostart,
+                    drives,
                 },
             )?;
             if json {
@@ -338,6 +385,25 @@ fn vm(socket: &Path, cmd: VmCommand) -> Result<()> {
             println!("owner uid: {}", v.owner_uid);
             println!("memory:    {} MiB", v.memory_mib);
             println!("kernel:    {}", v.kernel);
+            for d in &v.drives {
+                let mut opts = String::new();
+                if d.read_only {
+                    opts.push_str(", read-only");
+                }
+                if let Some(undo) = d.undo {
+                    opts.push_str(&format!(", undo {undo:?}").to_lowercase());
+                }
+                println!(
+                    "drive:     {} {}: {}{opts}",
+                    d.slot.map_or("-".into(), |s| s.to_string()),
+                    if d.media == DriveMedia::Cdrom {
+                        "cdrom"
+                    } else {
+                        "disk"
+                    },
+                    d.path.display()
+                );
+            }
             if let Some(i) = &v.initrd {
                 println!("initrd:    {i}");
             }

@@ -115,6 +115,8 @@ pub struct RunOptions {
     pub uid: Option<u32>,
     pub allow_weaker_sandbox: bool,
     pub worker: PathBuf,
+    /// IDE drives (`--disk`, `--cdrom`).
+    pub drives: Vec<crate::drives::DriveDef>,
 }
 
 /// The default per-run uid: 150000 + pid % 50000, above the range of a
@@ -204,8 +206,19 @@ fn run_inner(opts: RunOptions) -> Result<(RunExit, String), String> {
         append: opts.append.clone(),
         restart: Default::default(),
         autostart: false,
+        drives: opts
+            .drives
+            .iter()
+            .map(|d| {
+                Ok(crate::drives::DriveDef {
+                    path: absolute(&d.path)?,
+                    ..d.clone()
+                })
+            })
+            .collect::<Result<_, String>>()?,
     };
-    if let Err(e) = def.validate() {
+    let mut def = def;
+    if let Err(e) = def.normalize() {
         return Ok((RunExit::Usage, e.to_string()));
     }
     if sys::getuid() != 0 && !opts.allow_weaker_sandbox {
@@ -254,6 +267,7 @@ async fn run_vm(opts: &RunOptions, def: &VmDef) -> Result<(RunExit, String), Str
         uid: opts.uid.unwrap_or_else(default_uid),
         cgroup: &def.name,
         allow_weaker: opts.allow_weaker_sandbox,
+        undo_dir: std::env::temp_dir().join(format!("bulkhead-{}-undo", def.name)),
     };
     let prepared = worker::prepare(&spawn, def)?;
     let memfd = prepared.memfd.clone();
@@ -333,6 +347,13 @@ async fn run_vm(opts: &RunOptions, def: &VmDef) -> Result<(RunExit, String), Str
     let _ = tokio::task::spawn_blocking(move || worker::remove_cgroup(&cgroup)).await;
     drop(_restore_on_panic);
     drop(raw);
+    // `run` has no restarts: its undo disks end with it.
+    for line in crate::drives::finish_undo(&def.drives, &spawn.undo_dir) {
+        match line {
+            Ok(line) => eprintln!("bulkhead: {line}"),
+            Err(e) => eprintln!("bulkhead: undo disk: {e}"),
+        }
+    }
 
     let mut code = RunExit::of(&ended, quit);
     let mut reason = reason_line(&ended.record, quit);

@@ -34,7 +34,7 @@ pub fn place_fds(placed: &[(RawFd, RawFd)], all: &[RawFd]) -> io::Result<()> {
     };
     // First out of the way (a source may sit on another's target), into a
     // fixed-size array: no allocation after fork.
-    let mut high: [(RawFd, RawFd); 16] = [(-1, -1); 16];
+    let mut high: [(RawFd, RawFd); 96] = [(-1, -1); 96];
     if placed.len() > high.len() {
         return Err(io::ErrorKind::InvalidInput.into());
     }

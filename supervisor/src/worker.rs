@@ -43,6 +43,8 @@ pub struct Prepared {
     pub control_tx: mpsc::Sender<Vec<u8>>,
     control_rx: mpsc::Receiver<Vec<u8>>,
     cgroup: String,
+    /// The drives, their images already placed at fd 9 onwards.
+    drives: Vec<protocol::DriveAttachment>,
 }
 
 /// What the supervise task needs from the VM table.
@@ -68,6 +70,8 @@ pub struct Spawn<'a> {
     pub cgroup: &'a str,
     /// Pass `--allow-weaker` (the operator's explicit choice).
     pub allow_weaker: bool,
+    /// Where the VM's undo disks live.
+    pub undo_dir: PathBuf,
 }
 
 impl<'a> Spawn<'a> {
@@ -78,6 +82,7 @@ impl<'a> Spawn<'a> {
             uid: d.opts.uid_base.saturating_add(slot),
             cgroup: &def.name,
             allow_weaker: d.opts.allow_weaker_sandbox,
+            undo_dir: d.state.undo(&def.name),
         }
     }
 }
@@ -106,6 +111,7 @@ fn open_image(path: &Path) -> Result<OwnedFd, String> {
 pub fn prepare(spawn: &Spawn, def: &VmDef) -> Result<Prepared, String> {
     let kernel = open_image(&def.kernel)?;
     let initrd = def.initrd.as_deref().map(open_image).transpose()?;
+    let drives = crate::drives::open(&def.drives, &spawn.undo_dir)?;
     let (control, control_theirs) =
         std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let (serial, serial_theirs) =
@@ -135,7 +141,19 @@ pub fn prepare(spawn: &Spawn, def: &VmDef) -> Result<Prepared, String> {
     if let Some(initrd) = &initrd {
         placed.push((initrd.as_raw_fd(), fds::INITRD));
     }
-    let all: Vec<RawFd> = fds::ALL.iter().map(|&(fd, _)| fd).collect();
+    let drive_fds = fds::FIRST_EXTRA..fds::FIRST_EXTRA + drives.fds.len() as RawFd;
+    placed.extend(
+        drives
+            .fds
+            .iter()
+            .map(|fd| fd.as_raw_fd())
+            .zip(drive_fds.clone()),
+    );
+    let all: Vec<RawFd> = fds::ALL
+        .iter()
+        .map(|&(fd, _)| fd)
+        .chain(drive_fds)
+        .collect();
     // SAFETY: the closure only calls async-signal-safe functions (fcntl,
     // dup2, close) on fds this process owns and allocates nothing.
     unsafe {
@@ -144,7 +162,15 @@ pub fn prepare(spawn: &Spawn, def: &VmDef) -> Result<Prepared, String> {
     let child = cmd
         .spawn()
         .map_err(|e| format!("spawning {}: {e}", spawn.worker.display()))?;
-    drop((control_theirs, serial_theirs, memfd_theirs, kernel, initrd));
+    let attachments = drives.attachments;
+    drop((
+        control_theirs,
+        serial_theirs,
+        memfd_theirs,
+        kernel,
+        initrd,
+        drives.fds,
+    ));
 
     let to_tokio = |s: std::os::unix::net::UnixStream| {
         s.set_nonblocking(true)
@@ -161,6 +187,7 @@ pub fn prepare(spawn: &Spawn, def: &VmDef) -> Result<Prepared, String> {
         control_tx,
         control_rx,
         cgroup: spawn.cgroup.to_string(),
+        drives: attachments,
     })
 }
 
@@ -273,6 +300,7 @@ pub async fn drive(
 ) -> Ended {
     let mut started = started;
     let pid = p.pid;
+    let config = worker_config(def, std::mem::take(&mut p.drives));
     let (mut ctl_r, ctl_w) = p.control.into_split();
     let (mut ser_r, ser_w) = p.serial.into_split();
     let writer = tokio::spawn(frame_writer(ctl_w, p.control_rx));
@@ -303,7 +331,7 @@ pub async fn drive(
                     continue;
                 }
                 decoder.push(&cbuf[..n]);
-                let result = drain_frames(host, def, &mut decoder, &mut phase, &mut obs, &p.control_tx, &mut window);
+                let result = drain_frames(host, &config, &mut decoder, &mut phase, &mut obs, &p.control_tx, &mut window);
                 if phase == Phase::Running
                     && let Some(tx) = started.take()
                 {
@@ -381,7 +409,7 @@ fn keep_tail(buf: &mut Vec<u8>, bytes: &[u8], cap: usize) {
 /// violation.
 fn drain_frames(
     host: &dyn RunHost,
-    def: &VmDef,
+    config: &WorkerConfig,
     decoder: &mut protocol::FrameDecoder,
     phase: &mut Phase,
     obs: &mut Observed,
@@ -403,8 +431,7 @@ fn drain_frames(
                 Some(Err(e)) => return Err(format!("bad hello frame: {e}")),
                 Some(Ok(hello)) => {
                     protocol::check_hello(&hello).map_err(|e| e.to_string())?;
-                    let config = worker_config(def);
-                    send(&|| protocol::encode(&config));
+                    send(&|| protocol::encode(config));
                     *phase = Phase::Ready;
                 }
             }
@@ -424,10 +451,10 @@ fn drain_frames(
                 if *phase != Phase::Ready {
                     return Err("Ready sent twice".into());
                 }
-                if info.ram_mib != def.memory_mib {
+                if info.ram_mib != config.ram_mib {
                     return Err(format!(
                         "Ready reports {} MiB, configured {}",
-                        info.ram_mib, def.memory_mib
+                        info.ram_mib, config.ram_mib
                     ));
                 }
                 send(&|| protocol::encode(&ToWorker::Start));
@@ -483,7 +510,7 @@ fn drain_frames(
     }
 }
 
-fn worker_config(def: &VmDef) -> WorkerConfig {
+fn worker_config(def: &VmDef, drives: Vec<protocol::DriveAttachment>) -> WorkerConfig {
     WorkerConfig {
         ram_mib: def.memory_mib,
         boot: BootSource::Linux {
@@ -497,6 +524,7 @@ fn worker_config(def: &VmDef) -> WorkerConfig {
         }),
         serial: true,
         debug: DebugFlags::default(),
+        drives,
     }
 }
 

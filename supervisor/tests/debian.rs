@@ -31,23 +31,6 @@ const MARKER: &str = "BULKHEAD-GUEST-READY";
 const VMS: usize = 4;
 const VICTIM: usize = 1;
 
-/// The kernel and initramfs, or a failure that says how to get them.
-fn guest_kit() -> (PathBuf, PathBuf) {
-    let dir = std::env::var_os("BULKHEAD_GUEST_KIT")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/bulkhead/guest-kit"))
-        })
-        .expect("HOME or BULKHEAD_GUEST_KIT");
-    let (kernel, initrd) = (dir.join("kernel"), dir.join("initrd"));
-    assert!(
-        kernel.exists() && initrd.exists(),
-        "the Debian guest kit is missing in {}: run scripts/guest-kit first (CI does)",
-        dir.display()
-    );
-    (kernel, initrd)
-}
-
 /// The worker binary with the test profile's optimisation (a dev build
 /// would take many minutes per boot), in a target directory of its own:
 /// target/debug/bulkhead-worker is vm-worker's test build (with the
@@ -306,7 +289,7 @@ fn max_gap(from: Instant, times: &[Instant], to: Instant) -> Duration {
 
 #[test]
 fn four_debian_guests_boot_show_their_consoles_and_survive_a_killed_neighbour() {
-    let (kernel, initrd) = guest_kit();
+    let (kernel, initrd) = common::guest_kit();
     let d = Daemon::new("debian");
     let names: Vec<String> = (0..VMS).map(|i| format!("deb-{i}")).collect();
     let consoles: Vec<Console> = names

@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use iced_x86::code_asm::*;
 
@@ -111,102 +109,17 @@ fn worker() -> PathBuf {
         .clone()
 }
 
-/// `bulkhead run --kernel <guest> EXTRA...` with every stdio piped; stdout
-/// arrives on the channel.
-struct Run {
-    child: Child,
-    stdout: mpsc::Receiver<Vec<u8>>,
-    seen: Vec<u8>,
-    _dir: tempfile::TempDir,
-}
+/// `bulkhead run --kernel <guest> --memory 16 EXTRA...` (see [`common::Foreground`]).
+struct Run;
 
 impl Run {
-    fn start(guest: Guest, extra: &[&str]) -> Run {
+    fn start(guest: Guest, extra: &[&str]) -> common::Foreground {
         let dir = tempfile::tempdir().unwrap();
         let kernel_path = dir.path().join("kernel.bin");
         std::fs::write(&kernel_path, kernel(guest)).unwrap();
-        let mut child = Command::new(BIN)
-            .args([
-                "run",
-                "--kernel",
-                kernel_path.to_str().unwrap(),
-                "--memory",
-                "16",
-            ])
-            .args(extra)
-            .env("BULKHEAD_WORKER", worker())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn bulkhead run");
-        let mut out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                    break;
-                }
-            }
-        });
-        Run {
-            child,
-            stdout: rx,
-            seen: Vec::new(),
-            _dir: dir,
-        }
-    }
-
-    /// Reads stdout until it contains `text`.
-    fn expect(&mut self, text: &str) {
-        let deadline = Instant::now() + TIMEOUT;
-        while !String::from_utf8_lossy(&self.seen).contains(text) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stdout.recv_timeout(left) {
-                Ok(bytes) => self.seen.extend_from_slice(&bytes),
-                Err(_) => panic!(
-                    "no {text:?} on stdout; got {:?}",
-                    String::from_utf8_lossy(&self.seen)
-                ),
-            }
-        }
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        stdin.write_all(bytes).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// Waits for the exit; returns the status, all stdout and stderr.
-    fn finish(mut self) -> (ExitStatus, String, String) {
-        let deadline = Instant::now() + TIMEOUT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("bulkhead run did not exit within {TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        while let Ok(bytes) = self.stdout.recv_timeout(Duration::from_secs(5)) {
-            self.seen.extend_from_slice(&bytes);
-        }
-        let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        (
-            status,
-            String::from_utf8_lossy(&self.seen).into_owned(),
-            stderr,
-        )
+        let mut args = vec!["--kernel", kernel_path.to_str().unwrap(), "--memory", "16"];
+        args.extend_from_slice(extra);
+        common::Foreground::start(&args, &worker(), dir, TIMEOUT)
     }
 }
 

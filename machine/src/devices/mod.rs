@@ -4,12 +4,18 @@
 //! into the port and MMIO buses; no device knows about the CPU, threads or IPC.
 
 mod i8042;
+mod ide;
 mod lapic;
 mod pci;
 mod piix;
 mod ps2;
 
 pub use i8042::{I8042, I8042Effects, I8042State, SystemControlA};
+pub(crate) use ide::Drive;
+pub use ide::{
+    Chs, DmaMemory, DmaMode, DriveConfig, DriveKind, IDE_DEVFN, IDETIM, PRIMARY_BASE,
+    PRIMARY_CONTROL, Piix3Ide, SECONDARY_BASE, SECONDARY_CONTROL,
+};
 pub use lapic::{
     Ack, BUS_HZ as LAPIC_BUS_HZ, DEFAULT_BASE as LAPIC_DEFAULT_BASE, InterruptKind, Lapic,
     LapicState, MMIO_SIZE as LAPIC_MMIO_SIZE, lvt as lapic_lvt, regs as lapic_regs,

@@ -1,6 +1,6 @@
 //! The chipset's PCI functions: the i440FX host bridge (00.0), the PIIX3 ISA
-//! bridge (01.0) and the PIIX4 power-management function (01.3) with its
-//! ACPI PM I/O registers. This is the mix QEMU's `pc` machine presents and
+//! bridge (01.0), the PIIX3 IDE controller (01.1, in `ide/`) and the PIIX4
+//! power-management function (01.3) with its ACPI PM I/O registers. This is the mix QEMU's `pc` machine presents and
 //! SeaBIOS expects.
 //!
 //! The board owns the three functions (or a [`Piix`] holding them) and
@@ -12,6 +12,7 @@
 
 use std::time::Duration;
 
+use super::ide::{IDE_DEVFN, Piix3Ide};
 use super::pci::{ConfigSpace, PciDevices, PciFunction, reg};
 use super::{Clock, IrqLine};
 use crate::bus::IoSize;
@@ -600,11 +601,12 @@ impl<C: Clock, I: IrqLine> PciFunction for Piix4Pm<C, I> {
     }
 }
 
-/// The three chipset functions together, as bus 0's fixed population. A
-/// board with more functions implements [`PciDevices`] itself and delegates.
+/// The chipset functions together, as bus 0's fixed population. A board
+/// with more functions implements [`PciDevices`] itself and delegates.
 pub struct Piix<C: Clock, I: IrqLine> {
     pub host: I440fx,
     pub isa: Piix3Isa,
+    pub ide: Piix3Ide<I>,
     pub pm: Piix4Pm<C, I>,
 }
 
@@ -613,6 +615,7 @@ impl<C: Clock, I: IrqLine> PciDevices for Piix<C, I> {
         match devfn {
             HOST_BRIDGE_DEVFN => Some(&mut self.host),
             ISA_DEVFN => Some(&mut self.isa),
+            IDE_DEVFN => Some(&mut self.ide),
             PM_DEVFN => Some(&mut self.pm),
             _ => None,
         }
@@ -642,6 +645,7 @@ mod tests {
             piix: Piix {
                 host: I440fx::new(),
                 isa: Piix3Isa::new(),
+                ide: Piix3Ide::new(RecordingIrq::default(), RecordingIrq::default()),
                 pm: Piix4Pm::new(clock.clone(), sci.clone(), S5),
             },
             clock,
@@ -696,7 +700,16 @@ mod tests {
     #[test]
     fn functions_that_do_not_exist_read_all_ones() {
         let mut r = rig();
-        assert_eq!(r.cfg_read(0x09, 0, IoSize::Dword), 0xFFFF_FFFF);
+        assert_eq!(r.cfg_read(0x0A, 0, IoSize::Dword), 0xFFFF_FFFF);
+    }
+
+    #[test]
+    fn ide_function_is_piix3_ide_in_legacy_mode() {
+        let mut r = rig();
+        let id = r.cfg_read(IDE_DEVFN, 0, IoSize::Dword);
+        let class = r.cfg_read(IDE_DEVFN, 0x08, IoSize::Dword);
+        assert_eq!(id, 0x7010_8086);
+        assert_eq!(class, 0x0101_8000);
     }
 
     #[test]

@@ -13,8 +13,9 @@ use std::time::Duration;
 use crate::acpi;
 use crate::bus::{Bus, IoSize, Signals};
 use crate::devices::{
-    Ack, Clock, Cmos, HostEffect, I440fx, I8042, I8042Effects, IrqLine, Lapic, PciFunction,
-    PciHost, PicPair, Piix, Piix3Isa, Piix4Pm, Pit8254, PmEffect, SystemControlA, Uart16550,
+    Ack, Clock, Cmos, DmaMemory, Drive, HostEffect, I440fx, I8042, I8042Effects, IrqLine, Lapic,
+    PciFunction, PciHost, PicPair, Piix, Piix3Ide, Piix3Isa, Piix4Pm, Pit8254, PmEffect,
+    SystemControlA, Uart16550,
 };
 
 /// Serial output as the board's UARTs write it.
@@ -73,6 +74,8 @@ pub(crate) struct Requests {
 pub const DEBUG_EXIT_PORT: u16 = 0xF4;
 const COM1: u16 = 0x3F8;
 const COM2: u16 = 0x2F8;
+/// Where firmware puts the IDE bus-master registers (BAR4), as SeaBIOS does.
+pub const IDE_BM_BASE: u16 = 0xC000;
 
 pub(crate) struct Board {
     pub pic: PicPair,
@@ -107,6 +110,8 @@ pub(crate) struct BoardConfig {
     /// UNIX time at the clock's origin.
     pub unix_time_at_origin: Duration,
     pub port_hook: Option<super::PortHook>,
+    /// IDE drives: (channel, slave, drive); slots already checked.
+    pub drives: Vec<(usize, bool, Drive)>,
 }
 
 impl Board {
@@ -120,6 +125,10 @@ impl Board {
         let mut cmos = Cmos::new(clock.clone(), wire(8), config.unix_time_at_origin);
         cmos.set_memory_size(config.ram_bytes);
         cmos.set_equipment(0, true);
+        let mut ide = Piix3Ide::new(wire(14), wire(15));
+        for (channel, slave, drive) in config.drives {
+            ide.attach(channel, slave, drive);
+        }
         let mut board = Board {
             pic: PicPair::new(),
             pit: Pit8254::new(clock.clone(), wire(0)),
@@ -134,6 +143,7 @@ impl Board {
             piix: Piix {
                 host: I440fx::new(),
                 isa: Piix3Isa::new(),
+                ide,
                 pm: Piix4Pm::new(clock.clone(), wire(acpi::SCI_IRQ), acpi::SLP_TYP_S5),
             },
             lapic: Lapic::new(clock.clone(), 0),
@@ -153,9 +163,11 @@ impl Board {
     }
 
     /// What firmware would have programmed before a direct boot: the PM I/O
-    /// base (FADT's PM_BASE) with its decode enabled, and ACPI mode (SCI_EN)
-    /// since the FADT names no SMI command port.
+    /// base (FADT's PM_BASE) with its decode enabled, ACPI mode (SCI_EN)
+    /// since the FADT names no SMI command port, and the IDE controller's
+    /// decoding and bus-master base.
     pub fn firmware_setup(&mut self) {
+        self.piix.ide.firmware_setup(IDE_BM_BASE);
         self.piix
             .pm
             .config_write(0x40, IoSize::Dword, acpi::PM_BASE as u32 | 1);
@@ -222,6 +234,21 @@ impl Board {
             .set_intr(self.lapic.interrupt_pending().is_some());
     }
 
+    /// Applies finished disk requests and runs IDE bus-master transfers
+    /// (on the vCPU thread, between CPU slices).
+    pub fn service_io(&mut self, mem: &mut dyn DmaMemory) {
+        self.piix.ide.service(mem);
+        self.sync_irqs();
+    }
+
+    /// After an IDE port access: a bus master got work, so the CPU should
+    /// leave its slice for [`Board::service_io`].
+    fn check_ide_kick(&mut self) {
+        if self.piix.ide.take_kick() {
+            self.signals.raise(Signals::STOP);
+        }
+    }
+
     fn apply_i8042(&mut self, e: I8042Effects) {
         if e.reset {
             self.signals.raise(Signals::RESET);
@@ -239,6 +266,7 @@ impl Board {
         self.port92 = SystemControlA::new();
         self.lapic.reset();
         self.piix.pm.reset();
+        self.piix.ide.reset();
         self.pic = PicPair::new();
         self.pic_levels = 0;
         self.wires.rose.set(0);
@@ -321,6 +349,9 @@ impl Bus for BoardBus {
             pci.read(port, size, piix)
         } else if let Some(off) = b.pm_offset(port) {
             b.piix.pm.io_read(off, size)
+        } else if let Some(v) = b.piix.ide.io_read(port, size) {
+            b.check_ide_kick();
+            v
         } else {
             // Byte-wide devices: a wider access reads consecutive ports.
             (0..size as u16).fold(0u32, |acc, i| {
@@ -349,6 +380,8 @@ impl Bus for BoardBus {
                 }
                 None => {}
             }
+        } else if b.piix.ide.io_write(port, size, value) {
+            b.check_ide_kick();
         } else if port == DEBUG_EXIT_PORT && b.debug_exit_enabled {
             b.requests.debug_exit = Some(value & size.ones());
             b.signals.raise(Signals::STOP);

@@ -16,15 +16,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
+pub use crate::devices::{DriveConfig, DriveKind};
 use board::{Board, BoardBus, BoardConfig, PcClock};
-pub use board::{DEBUG_EXIT_PORT, SerialOut};
+pub use board::{DEBUG_EXIT_PORT, IDE_BM_BASE, SerialOut};
 
 use crate::acpi;
+use crate::block::{IoThread, IoWaker};
 use crate::boot::{self, BootError, linux, multiboot};
 use crate::bus::Signals;
 use crate::cpu::{Cpu, RunExit, ShutdownReason, TscSource};
-use crate::devices::{Clock, HostClock};
-use crate::memory::{MemoryError, PhysMemory};
+use crate::devices::{Clock, DmaMemory, Drive, HostClock};
+use crate::memory::{MemoryError, PhysMemory, Region};
 
 /// Guest-physical base of the linear framebuffer (where QEMU's stdvga puts its LFB).
 pub const FRAMEBUFFER_BASE: u32 = 0xFD00_0000;
@@ -94,6 +96,10 @@ pub struct PcConfig {
     /// Extra port devices of the embedder: called with (port, value) for
     /// every port write that no board device decodes.
     pub port_hook: Option<PortHook>,
+    /// IDE drives (PIIX3 IDE, channel 0 = primary, 1 = secondary). Each
+    /// gets an I/O thread (`bulkhead-ide<channel>.<0|1>`) that owns its
+    /// backend; dropping the [`Pc`] joins them.
+    pub drives: Vec<DriveConfig>,
 }
 
 /// See [`PcConfig::port_hook`].
@@ -109,6 +115,21 @@ pub enum PcError {
     Boot(#[from] BootError),
     #[error("the BIOS image is {0} bytes: it must be a multiple of 64 KiB, at most 16 MiB")]
     BadBios(usize),
+    #[error("IDE channel {0} does not exist (0 is primary, 1 secondary)")]
+    BadIdeChannel(u8),
+    #[error("IDE channel {channel} {} has two drives", if *.slave { "slave" } else { "master" })]
+    DriveSlotTaken { channel: u8, slave: bool },
+    #[error(
+        "the {kind:?} image on IDE channel {channel} is {size} bytes: it must be a non-zero multiple of {sector}"
+    )]
+    BadDriveSize {
+        channel: u8,
+        kind: DriveKind,
+        size: u64,
+        sector: u64,
+    },
+    #[error("cannot start the I/O thread of IDE channel {channel}: {source}")]
+    IoThread { channel: u8, source: std::io::Error },
 }
 
 /// Why [`Pc::run`] returned.
@@ -139,11 +160,14 @@ struct Inbox {
     power_button: bool,
     reset: bool,
     stop: bool,
+    /// A disk I/O thread finished a request.
+    io_done: bool,
 }
 
 impl Inbox {
     fn pending(&self) -> bool {
         self.stop
+            || self.io_done
             || self.power_button
             || self.reset
             || self.serial.iter().any(|q| !q.is_empty())
@@ -214,6 +238,87 @@ impl PcHandle {
     }
 }
 
+/// Guest memory as the IDE bus master reaches it: through the CPU's
+/// physical write path, so cached code on written pages is dropped. MMIO is
+/// not a DMA target here (reads float, writes are dropped): the board is
+/// borrowed while DMA runs.
+struct CpuDma<'a>(&'a mut Cpu);
+
+impl DmaMemory for CpuDma<'_> {
+    fn read(&mut self, addr: u32, buf: &mut [u8]) {
+        for_each_page(addr, buf.len(), |at, off, n| {
+            let out = &mut buf[off..off + n];
+            match self.0.mem.region(at) {
+                Region::Mmio => out.fill(0xFF),
+                _ => self.0.read_phys_bytes(at, out),
+            }
+        });
+    }
+    fn write(&mut self, addr: u32, data: &[u8]) {
+        for_each_page(addr, data.len(), |at, off, n| {
+            if !matches!(self.0.mem.region(at), Region::Mmio) {
+                self.0.write_phys_bytes(at, &data[off..off + n]);
+            }
+        });
+    }
+}
+
+/// Splits `len` bytes from `addr` at page boundaries: f(address, offset, length).
+fn for_each_page(addr: u32, len: usize, mut f: impl FnMut(u32, usize, usize)) {
+    let mut off = 0usize;
+    while off < len {
+        let at = addr.wrapping_add(off as u32);
+        let n = ((crate::PAGE_SIZE - (at & (crate::PAGE_SIZE - 1))) as usize).min(len - off);
+        f(at, off, n);
+        off += n;
+    }
+}
+
+/// Checks the drive slots and sizes and starts each drive's I/O thread.
+fn start_drives(
+    drives: Vec<DriveConfig>,
+    waker: &IoWaker,
+) -> Result<Vec<(usize, bool, Drive)>, PcError> {
+    let mut taken = [[false; 2]; 2];
+    let mut out = Vec::new();
+    for d in drives {
+        let ch = d.channel;
+        if ch > 1 {
+            return Err(PcError::BadIdeChannel(ch));
+        }
+        let slot = &mut taken[usize::from(ch)][usize::from(d.slave)];
+        if std::mem::replace(slot, true) {
+            return Err(PcError::DriveSlotTaken {
+                channel: ch,
+                slave: d.slave,
+            });
+        }
+        let sector = match d.kind {
+            DriveKind::Disk => 512,
+            DriveKind::Cdrom => 2048,
+        };
+        let size = d.backend.size();
+        if size == 0 || !size.is_multiple_of(sector) {
+            return Err(PcError::BadDriveSize {
+                channel: ch,
+                kind: d.kind,
+                size,
+                sector,
+            });
+        }
+        let name = format!("ide{ch}.{}", u8::from(d.slave));
+        let io = IoThread::spawn(d.backend, format!("bulkhead-{name}"), waker.clone()).map_err(
+            |source| PcError::IoThread {
+                channel: ch,
+                source,
+            },
+        )?;
+        let drive = Drive::new(d.kind, io, name, &d.model, &d.serial, d.slave);
+        out.push((usize::from(ch), d.slave, drive));
+    }
+    Ok(out)
+}
+
 /// A PC.
 pub struct Pc {
     cpu: Cpu,
@@ -265,6 +370,22 @@ impl Pc {
             .unwrap_or_default();
         let unix_time_at_origin = unix_now.saturating_sub(clock.now());
         let signals = Signals::new();
+        let shared = Arc::new(Shared {
+            inbox: Mutex::new(Inbox::default()),
+            wake: Condvar::new(),
+            signals: signals.clone(),
+        });
+        // I/O threads report completions like host input: a flag in the
+        // inbox (for the halted wait) and STOP (for a running CPU).
+        let waker: IoWaker = {
+            let shared = Arc::downgrade(&shared);
+            Arc::new(move || {
+                if let Some(s) = shared.upgrade() {
+                    PcHandle(s).post(|i| i.io_done = true);
+                }
+            })
+        };
+        let drives = start_drives(config.drives, &waker)?;
         let board = Rc::new(RefCell::new(Board::new(
             BoardConfig {
                 ram_bytes: ram,
@@ -273,6 +394,7 @@ impl Pc {
                 debug_exit: config.debug_exit,
                 unix_time_at_origin,
                 port_hook: config.port_hook,
+                drives,
             },
             PcClock(clock),
             signals.clone(),
@@ -286,11 +408,7 @@ impl Pc {
         let mut pc = Pc {
             cpu,
             board,
-            shared: Arc::new(Shared {
-                inbox: Mutex::new(Inbox::default()),
-                wake: Condvar::new(),
-                signals,
-            }),
+            shared,
             firmware: config.firmware,
             framebuffer: framebuffer.map(|(w, h, size)| (w as u32 | (h as u32) << 16, size)),
         };
@@ -429,6 +547,9 @@ impl Pc {
             if let Some(exit) = self.service_inbox() {
                 return exit;
             }
+            self.board
+                .borrow_mut()
+                .service_io(&mut CpuDma(&mut self.cpu));
             let budget = match end {
                 Some(end) => {
                     let left = end.saturating_sub(self.cpu.instruction_count());
@@ -446,6 +567,7 @@ impl Pc {
                 b.lapic
                     .set_enabled_by_msr(self.cpu.apic_base() & (1 << 11) != 0);
                 b.poll();
+                b.service_io(&mut CpuDma(&mut self.cpu));
             }
             match exit {
                 RunExit::BudgetExhausted | RunExit::Stopped => {}
@@ -490,6 +612,8 @@ impl Pc {
             self.shared.signals.take(Signals::STOP);
             return Some(PcExit::Stopped);
         }
+        // Completions are picked up by `service_io` right after this.
+        inbox.io_done = false;
         let reset = std::mem::take(&mut inbox.reset);
         let mut b = self.board.borrow_mut();
         if std::mem::take(&mut inbox.power_button) {

@@ -2,8 +2,11 @@
 
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use iced_x86::IcedError;
 use iced_x86::code_asm::*;
@@ -77,4 +80,131 @@ pub fn print_com1(a: &mut CodeAssembler, text: &[u8]) -> Result<(), IcedError> {
         a.out(dx, al)?;
     }
     Ok(())
+}
+
+/// `bulkhead run ARGS...` with every stdio piped and `BULKHEAD_WORKER` set;
+/// stdout arrives on the channel. `dir` (the guest's files) lives as long
+/// as the run.
+pub struct Foreground {
+    pub child: Child,
+    stdout: mpsc::Receiver<Vec<u8>>,
+    seen: Vec<u8>,
+    timeout: Duration,
+    pub dir: tempfile::TempDir,
+}
+
+impl Foreground {
+    pub fn start(
+        args: &[&str],
+        worker: &Path,
+        dir: tempfile::TempDir,
+        timeout: Duration,
+    ) -> Foreground {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .arg("run")
+            .args(args)
+            .env("BULKHEAD_WORKER", worker)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn bulkhead run");
+        let mut out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Foreground {
+            child,
+            stdout: rx,
+            seen: Vec::new(),
+            timeout,
+            dir,
+        }
+    }
+
+    /// Reads stdout until it contains `text` (the seen text is kept, so
+    /// call [`Foreground::forget`] between commands).
+    pub fn expect(&mut self, text: &str) {
+        let deadline = Instant::now() + self.timeout;
+        while !String::from_utf8_lossy(&self.seen).contains(text) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(bytes) => self.seen.extend_from_slice(&bytes),
+                Err(_) => panic!(
+                    "no {text:?} on stdout; got {:?}",
+                    String::from_utf8_lossy(&self.seen)
+                ),
+            }
+        }
+    }
+
+    /// The stdout seen since the last [`Foreground::forget`].
+    pub fn seen(&self) -> String {
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+
+    /// Drops the stdout seen so far (so `expect` looks only at what comes next).
+    pub fn forget(&mut self) {
+        self.seen.clear();
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for the exit; returns the status, all stdout and stderr.
+    pub fn finish(mut self) -> (ExitStatus, String, String) {
+        let deadline = Instant::now() + self.timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("bulkhead run did not exit within {:?}", self.timeout);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(bytes) = self.stdout.recv_timeout(Duration::from_secs(5)) {
+            self.seen.extend_from_slice(&bytes);
+        }
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (
+            status,
+            String::from_utf8_lossy(&self.seen).into_owned(),
+            stderr,
+        )
+    }
+}
+
+/// The Debian guest kit's kernel and initramfs (`scripts/guest-kit`), or a
+/// failure that says how to get them.
+pub fn guest_kit() -> (PathBuf, PathBuf) {
+    let dir = std::env::var_os("BULKHEAD_GUEST_KIT")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/bulkhead/guest-kit"))
+        })
+        .expect("HOME or BULKHEAD_GUEST_KIT");
+    let (kernel, initrd) = (dir.join("kernel"), dir.join("initrd"));
+    assert!(
+        kernel.exists() && initrd.exists(),
+        "the Debian guest kit is missing in {}: run scripts/guest-kit first (CI does)",
+        dir.display()
+    );
+    (kernel, initrd)
 }

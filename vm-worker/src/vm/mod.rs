@@ -248,6 +248,7 @@ pub fn run(choice: &SandboxChoice) -> Result<(), VmError> {
             debug_exit: debug.debug_exit,
             clock: None,
             port_hook: port_hook(&vcpu_out),
+            drives: Vec::new(),
         };
         vcpu.run(config);
     })?;

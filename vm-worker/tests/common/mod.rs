@@ -98,6 +98,7 @@ impl Spawn {
                 framebuffer: fb.map(|(width, height)| FramebufferSize { width, height }),
                 serial: true,
                 debug: DebugFlags::default(),
+                drives: Vec::new(),
             },
         }
     }
