@@ -60,25 +60,36 @@ macro_rules! lin_access {
 }
 
 macro_rules! seg_access {
-    ($read:ident, $write:ident, $rmw:ident, $slow:ident, $wslow:ident, $rlin:ident, $wlin:ident, $ty:ty, $n:expr) => {
+    ($read:ident, $write:ident, $rfast:ident, $wfast:ident, $rmw:ident, $slow:ident, $wslow:ident, $rlin:ident, $wlin:ident, $ty:ty, $n:expr) => {
         /// Reads `seg:off` with the current privilege.
         #[inline(always)]
         pub(crate) fn $read(&mut self, seg: Seg, off: u32) -> Result<$ty> {
+            if let Some(v) = self.$rfast(seg, off) {
+                return Ok(v);
+            }
+            self.$slow(seg, off, rights::READ).map(|(_, v)| v)
+        }
+
+        /// The fast path of a read of `seg:off`: `None` when it needs the
+        /// full checks (callers then take their out-of-line slow path).
+        #[inline(always)]
+        pub(crate) fn $rfast(&self, seg: Seg, off: u32) -> Option<$ty> {
             let s = &self.segs[seg as usize];
             if off < s.rend {
                 let lin = s.base.wrapping_add(off);
                 let e = &self.tlb.sets[(self.cpl == 3) as usize][tlb_index(lin)];
                 if e.rtag == tag_of(lin, $n) {
                     // SAFETY: a matching read tag: see `host_ptr`.
-                    return Ok(unsafe { host_ptr(lin, e.host).cast::<$ty>().read_unaligned() });
+                    return Some(unsafe { host_ptr(lin, e.host).cast::<$ty>().read_unaligned() });
                 }
             }
-            self.$slow(seg, off, rights::READ).map(|(_, v)| v)
+            None
         }
 
-        /// Writes `seg:off` with the current privilege.
+        /// The fast path of a write of `seg:off`: false (nothing written)
+        /// when it needs the full checks.
         #[inline(always)]
-        pub(crate) fn $write(&mut self, seg: Seg, off: u32, value: $ty) -> Result<()> {
+        pub(crate) fn $wfast(&mut self, seg: Seg, off: u32, value: $ty) -> bool {
             let s = &self.segs[seg as usize];
             if off < s.wend {
                 let lin = s.base.wrapping_add(off);
@@ -86,8 +97,17 @@ macro_rules! seg_access {
                 if e.wtag == tag_of(lin, $n) {
                     // SAFETY: a matching write tag: see `host_ptr`.
                     unsafe { host_ptr(lin, e.host).cast::<$ty>().write_unaligned(value) };
-                    return Ok(());
+                    return true;
                 }
+            }
+            false
+        }
+
+        /// Writes `seg:off` with the current privilege.
+        #[inline(always)]
+        pub(crate) fn $write(&mut self, seg: Seg, off: u32, value: $ty) -> Result<()> {
+            if self.$wfast(seg, off, value) {
+                return Ok(());
             }
             self.$wslow(seg, off, value)
         }
@@ -141,6 +161,8 @@ impl Cpu {
     seg_access!(
         read_u8,
         write_u8,
+        read_fast_u8,
+        write_fast_u8,
         rmw_u8,
         slow_u8,
         wslow_u8,
@@ -152,6 +174,8 @@ impl Cpu {
     seg_access!(
         read_u16,
         write_u16,
+        read_fast_u16,
+        write_fast_u16,
         rmw_u16,
         slow_u16,
         wslow_u16,
@@ -163,6 +187,8 @@ impl Cpu {
     seg_access!(
         read_u32,
         write_u32,
+        read_fast_u32,
+        write_fast_u32,
         rmw_u32,
         slow_u32,
         wslow_u32,

@@ -12,6 +12,7 @@ use iced_x86::{Code, Instruction, Mnemonic, OpKind};
 use super::exec::{Handler, Insn};
 use super::fault::{Fault, Result};
 use super::flags::{AF, CF, Flags, OF, PF, SF, ZF, size_mask};
+use super::operand::by_ea;
 use super::{Cpu, Seg, reg};
 
 // ---- operation numbers for the two-operand group ----
@@ -245,9 +246,9 @@ fn sext<const W: u32>(v: u32) -> i64 {
 fn binary<const OP: u8>(i: &Instruction) -> Option<Handler> {
     Some(by_width!(width(i, 0), |W| {
         match (i.op0_kind(), i.op1_kind()) {
-            (OpKind::Memory, OpKind::Register) => op_mr::<OP, W>,
+            (OpKind::Memory, OpKind::Register) => by_ea!(i, |S| op_mr::<OP, W, S>),
             (OpKind::Memory, _) => op_mi::<OP, W>,
-            (_, OpKind::Memory) => op_rm::<OP, W>,
+            (_, OpKind::Memory) => by_ea!(i, |S| op_rm::<OP, W, S>),
             (_, OpKind::Register) => op_rr::<OP, W>,
             _ => op_ri::<OP, W>,
         }
@@ -316,8 +317,31 @@ fn op_rr<const OP: u8, const W: u32>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     Ok(())
 }
 
-/// ADD r/m32, r32 with a memory destination.
-fn op_mr<const OP: u8, const W: u32>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+/// The fast path of a `W`-byte read of the memory operand.
+#[inline(always)]
+fn load_fast<const W: u32, const S: bool>(cpu: &Cpu, d: &Insn) -> Option<u32> {
+    let off = cpu.ea_of::<S>(d);
+    match W {
+        1 => cpu.read_fast_u8(d.seg, off).map(u32::from),
+        2 => cpu.read_fast_u16(d.seg, off).map(u32::from),
+        _ => cpu.read_fast_u32(d.seg, off),
+    }
+}
+
+/// ADD r/m32, r32 with a memory destination. CMP and TEST, which only
+/// read, try the access fast path inline (see `data::mov_r32_m32`).
+fn op_mr<const OP: u8, const W: u32, const S: bool>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+    if !writes(OP)
+        && let Some(a) = load_fast::<W, S>(cpu, d)
+    {
+        let b = get::<W>(cpu, d.r1);
+        alu::<OP, W>(&mut cpu.flags, a, b);
+        return Ok(());
+    }
+    op_mr_slow::<OP, W>(cpu, d)
+}
+#[inline(never)]
+fn op_mr_slow<const OP: u8, const W: u32>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     let b = get::<W>(cpu, d.r1);
     if writes(OP) {
         modify::<W, true>(cpu, d, |cpu, a| alu::<OP, W>(&mut cpu.flags, a, b))
@@ -329,7 +353,19 @@ fn op_mr<const OP: u8, const W: u32>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
 }
 
 /// ADD r32, r/m32 with a memory source.
-fn op_rm<const OP: u8, const W: u32>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+fn op_rm<const OP: u8, const W: u32, const S: bool>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+    let Some(b) = load_fast::<W, S>(cpu, d) else {
+        return op_rm_slow::<OP, W>(cpu, d);
+    };
+    let a = get::<W>(cpu, d.r0);
+    let r = alu::<OP, W>(&mut cpu.flags, a, b);
+    if writes(OP) {
+        set::<W>(cpu, d.r0, r);
+    }
+    Ok(())
+}
+#[inline(never)]
+fn op_rm_slow<const OP: u8, const W: u32>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     let b = load::<W>(cpu, d)?;
     let a = get::<W>(cpu, d.r0);
     let r = alu::<OP, W>(&mut cpu.flags, a, b);

@@ -12,6 +12,7 @@ use iced_x86::{Code, Instruction, OpKind};
 use super::exec::{Handler, Insn};
 use super::fault::{Fault, Result};
 use super::flags;
+use super::operand::by_ea;
 use super::{Cpu, Seg, reg};
 
 pub(super) fn handler(i: &Instruction) -> Option<Handler> {
@@ -23,7 +24,7 @@ pub(super) fn handler(i: &Instruction) -> Option<Handler> {
         Mov_rm8_r8 | Mov_r8_rm8 | Mov_AL_moffs8 | Mov_moffs8_AL => match (op0_reg, op1_reg) {
             (true, true) => mov_r8_r8,
             (true, false) => mov_r8_m8,
-            _ => mov_m8_r8,
+            _ => by_ea!(i, |S| mov_m8_r8::<S>),
         },
         Mov_rm16_r16 | Mov_r16_rm16 | Mov_AX_moffs16 | Mov_moffs16_AX => match (op0_reg, op1_reg) {
             (true, true) => mov_r16_r16,
@@ -33,8 +34,8 @@ pub(super) fn handler(i: &Instruction) -> Option<Handler> {
         Mov_rm32_r32 | Mov_r32_rm32 | Mov_EAX_moffs32 | Mov_moffs32_EAX => {
             match (op0_reg, op1_reg) {
                 (true, true) => mov_r32_r32,
-                (true, false) => mov_r32_m32,
-                _ => mov_m32_r32,
+                (true, false) => by_ea!(i, |S| mov_r32_m32::<S>),
+                _ => by_ea!(i, |S| mov_m32_r32::<S>),
             }
         }
         Mov_r8_imm8 => mov_r8_imm8,
@@ -49,6 +50,8 @@ pub(super) fn handler(i: &Instruction) -> Option<Handler> {
         Mov_rm16_Sreg | Mov_r32m16_Sreg => mov_rm_sreg,
         Mov_Sreg_rm16 | Mov_Sreg_r32m16 => mov_sreg_rm,
 
+        Movzx_r32_rm8 if !op1_reg => by_ea!(i, |S| movzx_r32_m::<1, S>),
+        Movzx_r32_rm16 if !op1_reg => by_ea!(i, |S| movzx_r32_m::<2, S>),
         Movzx_r16_rm8 => movzx::<2, 1>,
         Movzx_r32_rm8 => movzx::<4, 1>,
         Movzx_r16_rm16 => movzx::<2, 2>,
@@ -224,7 +227,14 @@ fn mov_r8_m8(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     Ok(())
 }
 /// MOV r/m8 (memory), r8 and MOV moffs8, AL.
-fn mov_m8_r8(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+fn mov_m8_r8<const S: bool>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+    if cpu.write_fast_u8(d.seg, cpu.ea_of::<S>(d), cpu.reg8(d.r1)) {
+        return Ok(());
+    }
+    mov_m8_r8_slow(cpu, d)
+}
+#[inline(never)]
+fn mov_m8_r8_slow(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     cpu.write_u8(d.seg, cpu.ea(d), cpu.reg8(d.r1))
 }
 /// MOV r16, r16.
@@ -248,14 +258,31 @@ fn mov_r32_r32(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     cpu.regs[d.r0 as usize & 7] = cpu.regs[d.r1 as usize & 7];
     Ok(())
 }
-/// MOV r32, r/m32 (memory) and MOV EAX, moffs32.
-fn mov_r32_m32(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+/// MOV r32, r/m32 (memory) and MOV EAX, moffs32. The hot memory
+/// handlers try the access fast path inline and leave everything else to
+/// an out-of-line slow path (a tail call, so the fast path needs no frame).
+fn mov_r32_m32<const S: bool>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+    if let Some(v) = cpu.read_fast_u32(d.seg, cpu.ea_of::<S>(d)) {
+        cpu.regs[d.r0 as usize & 7] = v;
+        return Ok(());
+    }
+    mov_r32_m32_slow(cpu, d)
+}
+#[inline(never)]
+fn mov_r32_m32_slow(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     let v = cpu.read_u32(d.seg, cpu.ea(d))?;
     cpu.regs[d.r0 as usize & 7] = v;
     Ok(())
 }
 /// MOV r/m32 (memory), r32 and MOV moffs32, EAX.
-fn mov_m32_r32(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+fn mov_m32_r32<const S: bool>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+    if cpu.write_fast_u32(d.seg, cpu.ea_of::<S>(d), cpu.regs[d.r1 as usize & 7]) {
+        return Ok(());
+    }
+    mov_m32_r32_slow(cpu, d)
+}
+#[inline(never)]
+fn mov_m32_r32_slow(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     cpu.write_u32(d.seg, cpu.ea(d), cpu.regs[d.r1 as usize & 7])
 }
 /// MOV r8, imm8.
@@ -314,6 +341,25 @@ fn movzx<const B: u32, const S: u32>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     let v = cpu.read_rm(d, 1, S)?;
     cpu.set_reg_sized(d.r0, B, v);
     Ok(())
+}
+
+/// MOVZX r32, m8 and m16.
+fn movzx_r32_m<const S: u32, const SIMPLE: bool>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+    let off = cpu.ea_of::<SIMPLE>(d);
+    let v = if S == 1 {
+        cpu.read_fast_u8(d.seg, off).map(u32::from)
+    } else {
+        cpu.read_fast_u16(d.seg, off).map(u32::from)
+    };
+    if let Some(v) = v {
+        cpu.regs[d.r0 as usize & 7] = v;
+        return Ok(());
+    }
+    movzx_r32_m_slow::<S>(cpu, d)
+}
+#[inline(never)]
+fn movzx_r32_m_slow<const S: u32>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+    movzx::<4, S>(cpu, d)
 }
 
 /// MOVSX r16/r32, r/m8 and r/m16.
@@ -376,6 +422,18 @@ fn push_r16(cpu: &mut Cpu, d: &Insn) -> Result<()> {
 /// PUSH r32.
 fn push_r32(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     let v = cpu.regs[d.r0 as usize & 7];
+    if cpu.stack32 {
+        let sp = cpu.regs[reg::ESP].wrapping_sub(4);
+        if cpu.write_fast_u32(Seg::SS, sp, v) {
+            cpu.regs[reg::ESP] = sp;
+            return Ok(());
+        }
+    }
+    push_r32_slow(cpu, d)
+}
+#[inline(never)]
+fn push_r32_slow(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+    let v = cpu.regs[d.r0 as usize & 7];
     cpu.push(4, v)
 }
 /// POP r16 (POP SP loads SP with the popped value).
@@ -386,6 +444,19 @@ fn pop_r16(cpu: &mut Cpu, d: &Insn) -> Result<()> {
 }
 /// POP r32.
 fn pop_r32(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+    if cpu.stack32 {
+        let sp = cpu.regs[reg::ESP];
+        if let Some(v) = cpu.read_fast_u32(Seg::SS, sp) {
+            // ESP first: POP ESP loads ESP with the popped value.
+            cpu.regs[reg::ESP] = sp.wrapping_add(4);
+            cpu.regs[d.r0 as usize & 7] = v;
+            return Ok(());
+        }
+    }
+    pop_r32_slow(cpu, d)
+}
+#[inline(never)]
+fn pop_r32_slow(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     let v = cpu.pop(4)?;
     cpu.regs[d.r0 as usize & 7] = v;
     Ok(())

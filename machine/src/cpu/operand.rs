@@ -1,13 +1,49 @@
 //! Operand access: registers by number, the ModRM/SIB effective address and
 //! the r/m operand (operand 0 or 1 as register or memory), plus the stack.
 
-use iced_x86::OpKind;
+use iced_x86::{Instruction, OpKind, Register};
 
 use super::exec::Insn;
 use super::fault::Result;
 use super::{Cpu, Seg, reg};
 
+/// The memory operand has no index register and uses 32-bit addressing, so
+/// its effective address is just base + displacement (an absent base reads
+/// as the zero register): handlers instantiated with `SIMPLE` use
+/// [`Cpu::ea_of`] to skip the rest of the computation.
+pub(crate) fn simple_ea(i: &Instruction) -> bool {
+    let base = i.memory_base();
+    i.memory_index() == Register::None
+        && !base.is_gpr16()
+        && !(base == Register::None && i.memory_displ_size() == 2)
+}
+
+/// Instantiates `$e` with the const `$S` bound to `simple_ea($i)`.
+macro_rules! by_ea {
+    ($i:expr, |$S:ident| $e:expr) => {
+        if $crate::cpu::operand::simple_ea($i) {
+            const $S: bool = true;
+            $e
+        } else {
+            const $S: bool = false;
+            $e
+        }
+    };
+}
+pub(crate) use by_ea;
+
 impl Cpu {
+    /// Effective address of the memory operand; `SIMPLE` when the decoder
+    /// found [`simple_ea`] true for it.
+    #[inline(always)]
+    pub(crate) fn ea_of<const SIMPLE: bool>(&self, d: &Insn) -> u32 {
+        if SIMPLE {
+            d.disp.wrapping_add(self.regs[d.base as usize & 15])
+        } else {
+            self.ea(d)
+        }
+    }
+
     /// Effective address (offset within the segment) of the memory operand.
     #[inline(always)]
     pub(crate) fn ea(&self, d: &Insn) -> u32 {
