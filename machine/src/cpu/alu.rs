@@ -625,14 +625,14 @@ fn shift_value<const K: u8, const W: u32>(cpu: &mut Cpu, a: u32, count: u32) -> 
             (r, before_last as u32 & 1, 0)
         }
     };
-    let cf_of = if cf != 0 { CF } else { 0 } | if of != 0 { OF } else { 0 };
-    let status = if K <= RCR {
+    if K <= RCR {
         // Rotates change only CF and OF.
-        cpu.flags.get() & (SF | ZF | AF | PF) | cf_of
+        let cf_of = if cf != 0 { CF } else { 0 } | if of != 0 { OF } else { 0 };
+        let status = cpu.flags.get() & (SF | ZF | AF | PF) | cf_of;
+        cpu.flags.set_arith(status);
     } else {
-        Flags::szp(W, res) | cf_of
-    };
-    cpu.flags.set_arith(status);
+        cpu.flags.shift(W, cf & 1, of & 1, res);
+    }
     res
 }
 

@@ -45,6 +45,8 @@ pub(crate) enum Lazy {
     Inc,
     /// DEC: like Sub with b = 1, CF kept in `bits`.
     Dec,
+    /// SHL/SHR/SAR: `a` holds CF and `b` OF (0 or 1); AF = 0.
+    Shift,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -164,6 +166,7 @@ impl Flags {
             Lazy::Sub => self.a < self.b,
             Lazy::Sbb1 => self.a <= self.b,
             Lazy::Logic => false,
+            Lazy::Shift => self.a != 0,
         }
     }
 
@@ -195,7 +198,7 @@ impl Flags {
     pub fn af(&self) -> bool {
         match self.lazy {
             Lazy::None => self.bits & AF != 0,
-            Lazy::Logic => false,
+            Lazy::Logic | Lazy::Shift => false,
             _ => (self.a ^ self.b ^ self.res) & 0x10 != 0,
         }
     }
@@ -211,6 +214,7 @@ impl Flags {
                 (self.a ^ self.b) & (self.a ^ self.res) & self.sign != 0
             }
             Lazy::Logic => false,
+            Lazy::Shift => self.b != 0,
         }
     }
 
@@ -266,6 +270,14 @@ impl Flags {
         self.a = a;
         self.b = b;
         self.res = res;
+    }
+
+    /// Records a shift's result (masked to `bytes`) with its CF and OF
+    /// (each 0 or 1); SF, ZF and PF follow the result, AF is cleared.
+    #[inline(always)]
+    pub fn shift(&mut self, bytes: u32, cf: u32, of: u32, res: u32) {
+        self.lazy = Lazy::Shift;
+        self.record(bytes, cf, of, res);
     }
 
     /// Stores the six status flags directly from `status` (other bits ignored).
