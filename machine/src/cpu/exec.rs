@@ -42,6 +42,11 @@ pub(crate) struct Insn {
     pub handler: Handler,
     pub i: Instruction,
     pub len: u32,
+    /// The instruction's own EIP (blocks are cached per EIP).
+    pub ip: u32,
+    /// The handler is IP-blind (see `select_handler`): the run loop
+    /// updates `eip` only around the others, at faults and at block ends.
+    pub ip_blind: bool,
     /// EIP of the next instruction (blocks are cached per EIP, so it is
     /// known at decode time), wrapped to the code size.
     pub next_ip: u32,
@@ -255,10 +260,13 @@ impl Insn {
     fn new(mut i: Instruction, code32: bool) -> Self {
         p6_alias(&mut i);
         let ip_mask = if code32 { u32::MAX } else { 0xFFFF };
+        let (handler, ip_blind) = select_handler(&i);
         let mut d = Insn {
-            handler: select_handler(&i),
+            handler,
             i,
             len: i.len() as u32,
+            ip: i.ip32(),
+            ip_blind,
             next_ip: (i.ip32().wrapping_add(i.len() as u32)) & ip_mask,
             seg: Seg::DS,
             base: reg::ZERO as u8,
@@ -373,23 +381,29 @@ fn lockable(m: Mnemonic) -> bool {
     )
 }
 
-fn select_handler(i: &Instruction) -> Handler {
+/// The handler for `i`, and whether it is "IP-blind": it neither reads nor
+/// writes `eip`/`next_eip` (directly or through anything it calls), so
+/// the run loop need not keep them current while it runs. The ALU and
+/// data-movement handlers are; everything else is assumed not to be.
+fn select_handler(i: &Instruction) -> (Handler, bool) {
     if i.is_invalid() {
-        return invalid_opcode;
+        return (invalid_opcode, false);
     }
     if i.has_lock_prefix() && (!lockable(i.mnemonic()) || i.op0_kind() != OpKind::Memory) {
-        return invalid_opcode;
+        return (invalid_opcode, false);
     }
-    super::alu::handler(i)
-        .or_else(|| super::data::handler(i))
-        .or_else(|| super::string::handler(i))
+    if let Some(h) = super::alu::handler(i).or_else(|| super::data::handler(i)) {
+        return (h, true);
+    }
+    let h = super::string::handler(i)
         .or_else(|| super::branch::handler(i))
         .or_else(|| super::far::handler(i))
         .or_else(|| super::segment::handler(i))
         .or_else(|| super::system::handler(i))
         .or_else(|| super::interrupt::handler(i))
         .or_else(|| super::x87::handler(i))
-        .unwrap_or(not_implemented)
+        .unwrap_or(not_implemented);
+    (h, false)
 }
 
 /// An encoding the CPU does not decode: #UD.
@@ -553,9 +567,12 @@ impl Cpu {
     fn run_insns<const CHECKED: bool>(&mut self, insns: &[Insn]) -> bool {
         // Retired instructions are counted per block; the instructions
         // that read the count mid-block (RDTSC, RDMSR, WRMSR, RDPMC)
-        // always start a block (see `reads_icount`).
+        // always start a block (see `reads_icount`). `eip`/`next_eip` are
+        // kept current only around handlers that are not IP-blind, and
+        // set from the decoded instruction at faults and at the end.
         for (k, d) in insns.iter().enumerate() {
             if CHECKED {
+                self.eip = d.ip;
                 let cs = &self.segs[Seg::CS as usize];
                 if self.eip > cs.hi || cs.hi - self.eip < d.len - 1 {
                     self.icount += k as u64;
@@ -567,20 +584,35 @@ impl Cpu {
                     self.trace = Some(hook);
                 }
             }
-            self.next_eip = d.next_ip;
+            if !d.ip_blind {
+                self.eip = d.ip;
+                self.next_eip = d.next_ip;
+            }
             if let Err(f) = (d.handler)(self, d) {
+                if d.ip_blind {
+                    self.eip = d.ip;
+                }
                 self.icount += k as u64;
                 self.deliver_fault(f);
                 return false;
             }
-            self.eip = self.next_eip;
             if self.stop_block {
+                self.retire(d);
                 self.icount += k as u64 + 1;
                 return false;
             }
         }
+        if let Some(d) = insns.last() {
+            self.retire(d);
+        }
         self.icount += insns.len() as u64;
         true
+    }
+
+    /// EIP after `d` completed.
+    #[inline(always)]
+    fn retire(&mut self, d: &Insn) {
+        self.eip = if d.ip_blind { d.next_ip } else { self.next_eip };
     }
 
     /// The block at CS:EIP, from the cache or freshly decoded.
