@@ -433,8 +433,8 @@ fn not<const W: u32, const MEM: bool>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
 /// the SDM leaves undefined) follow the low half, AF is cleared.
 #[inline(always)]
 fn mul_flags<const W: u32>(cpu: &mut Cpu, low: u32, overflow: bool) {
-    let cf_of = if overflow { CF | OF } else { 0 };
-    cpu.flags.set_arith(Flags::szp(W, low) | cf_of);
+    cpu.flags
+        .carry_overflow(W, overflow as u32, overflow as u32, low & size_mask(W));
 }
 
 /// Writes a double-width product or a quotient/remainder pair: AL/AH for
@@ -631,7 +631,7 @@ fn shift_value<const K: u8, const W: u32>(cpu: &mut Cpu, a: u32, count: u32) -> 
         let status = cpu.flags.get() & (SF | ZF | AF | PF) | cf_of;
         cpu.flags.set_arith(status);
     } else {
-        cpu.flags.shift(W, cf & 1, of & 1, res);
+        cpu.flags.carry_overflow(W, cf & 1, of & 1, res);
     }
     res
 }

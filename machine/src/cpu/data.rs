@@ -52,10 +52,12 @@ pub(super) fn handler(i: &Instruction) -> Option<Handler> {
 
         Movzx_r32_rm8 if !op1_reg => by_ea!(i, |S| movzx_r32_m::<1, S>),
         Movzx_r32_rm16 if !op1_reg => by_ea!(i, |S| movzx_r32_m::<2, S>),
+        Movzx_r32_rm8 => movzx_r::<4, 1, false>,
+        Movzx_r32_rm16 => movzx_r::<4, 2, false>,
+        Movsx_r32_rm8 if op1_reg => movzx_r::<4, 1, true>,
+        Movsx_r32_rm16 if op1_reg => movzx_r::<4, 2, true>,
         Movzx_r16_rm8 => movzx::<2, 1>,
-        Movzx_r32_rm8 => movzx::<4, 1>,
         Movzx_r16_rm16 => movzx::<2, 2>,
-        Movzx_r32_rm16 => movzx::<4, 2>,
         Movsx_r16_rm8 => movsx::<2, 1>,
         Movsx_r32_rm8 => movsx::<4, 1>,
         Movsx_r16_rm16 => movsx::<2, 2>,
@@ -134,17 +136,19 @@ pub(super) fn handler(i: &Instruction) -> Option<Handler> {
         Bound_r16_m1616 => bound::<2>,
         Bound_r32_m3232 => bound::<4>,
 
-        c => return cc_handler(c),
+        c => return cc_handler(i, c),
     })
 }
 
 /// CMOVcc and SETcc, one instantiation per condition.
-fn cc_handler(c: Code) -> Option<Handler> {
+fn cc_handler(i: &Instruction, c: Code) -> Option<Handler> {
     use Code::*;
+    // CMOV's r/m is operand 1, SETcc's operand 0.
+    let mem = i.op_count() > 0 && i.op_kind(i.op_count() - 1) == OpKind::Memory;
     macro_rules! by_cc {
         ($f:ident, $b:literal, $($code:ident = $cc:literal),* $(,)?) => {
             match c {
-                $($code => return Some($f::<$b, $cc>),)*
+                $($code => return Some(if mem { $f::<$b, $cc, true> } else { $f::<$b, $cc, false> }),)*
                 _ => {}
             }
         };
@@ -360,6 +364,18 @@ fn movzx_r32_m<const S: u32, const SIMPLE: bool>(cpu: &mut Cpu, d: &Insn) -> Res
 #[inline(never)]
 fn movzx_r32_m_slow<const S: u32>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     movzx::<4, S>(cpu, d)
+}
+
+/// MOVZX r32, r8/r16 (`SX`: MOVSX).
+fn movzx_r<const B: u32, const S: u32, const SX: bool>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+    let v = cpu.reg_sized(d.r1, S);
+    let v = match (SX, S) {
+        (false, _) => v,
+        (true, 1) => v as u8 as i8 as i32 as u32,
+        (true, _) => v as u16 as i16 as i32 as u32,
+    };
+    cpu.set_reg_sized(d.r0, B, v);
+    Ok(())
 }
 
 /// MOVSX r16/r32, r/m8 and r/m16.
@@ -690,8 +706,13 @@ fn bswap_r16(cpu: &mut Cpu, d: &Insn) -> Result<()> {
 
 /// CMOVcc r16, r/m16 / CMOVcc r32, r/m32: the source is read (and may
 /// fault) whether or not the condition holds.
-fn cmov<const B: u32, const CC: u8>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
-    let v = cpu.read_rm(d, 1, B)?;
+fn cmov<const B: u32, const CC: u8, const MEM: bool>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+    let v = if MEM {
+        let off = cpu.ea(d);
+        cpu.read_sized(d.seg, off, B)?
+    } else {
+        cpu.reg_sized(d.r1, B)
+    };
     if cpu.flags.cond(CC) {
         cpu.set_reg_sized(d.r0, B, v);
     }
@@ -699,9 +720,15 @@ fn cmov<const B: u32, const CC: u8>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
 }
 
 /// SETcc r/m8.
-fn setcc<const B: u32, const CC: u8>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+fn setcc<const B: u32, const CC: u8, const MEM: bool>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     let v = cpu.flags.cond(CC) as u32;
-    cpu.write_rm(d, B, v)
+    if MEM {
+        let off = cpu.ea(d);
+        cpu.write_sized(d.seg, off, B, v)
+    } else {
+        cpu.set_reg_sized(d.r0, B, v);
+        Ok(())
+    }
 }
 
 /// BOUND r16, m16&16 / BOUND r32, m32&32: #BR unless lower ≤ r ≤ upper

@@ -45,8 +45,8 @@ pub(crate) enum Lazy {
     Inc,
     /// DEC: like Sub with b = 1, CF kept in `bits`.
     Dec,
-    /// SHL/SHR/SAR: `a` holds CF and `b` OF (0 or 1); AF = 0.
-    Shift,
+    /// SHL/SHR/SAR, MUL/IMUL: `a` holds CF and `b` OF (0 or 1); AF = 0.
+    CarryOverflow,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -166,7 +166,7 @@ impl Flags {
             Lazy::Sub => self.a < self.b,
             Lazy::Sbb1 => self.a <= self.b,
             Lazy::Logic => false,
-            Lazy::Shift => self.a != 0,
+            Lazy::CarryOverflow => self.a != 0,
         }
     }
 
@@ -198,7 +198,7 @@ impl Flags {
     pub fn af(&self) -> bool {
         match self.lazy {
             Lazy::None => self.bits & AF != 0,
-            Lazy::Logic | Lazy::Shift => false,
+            Lazy::Logic | Lazy::CarryOverflow => false,
             _ => (self.a ^ self.b ^ self.res) & 0x10 != 0,
         }
     }
@@ -214,7 +214,7 @@ impl Flags {
                 (self.a ^ self.b) & (self.a ^ self.res) & self.sign != 0
             }
             Lazy::Logic => false,
-            Lazy::Shift => self.b != 0,
+            Lazy::CarryOverflow => self.b != 0,
         }
     }
 
@@ -272,11 +272,12 @@ impl Flags {
         self.res = res;
     }
 
-    /// Records a shift's result (masked to `bytes`) with its CF and OF
-    /// (each 0 or 1); SF, ZF and PF follow the result, AF is cleared.
+    /// Records a result (masked to `bytes`) with explicit CF and OF (each
+    /// 0 or 1), as shifts and multiplies set them; SF, ZF and PF follow
+    /// the result, AF is cleared.
     #[inline(always)]
-    pub fn shift(&mut self, bytes: u32, cf: u32, of: u32, res: u32) {
-        self.lazy = Lazy::Shift;
+    pub fn carry_overflow(&mut self, bytes: u32, cf: u32, of: u32, res: u32) {
+        self.lazy = Lazy::CarryOverflow;
         self.record(bytes, cf, of, res);
     }
 
