@@ -174,6 +174,7 @@ fn exit_on_panic() {
 /// sandbox forks).
 pub fn run(choice: &SandboxChoice) -> Result<(), VmError> {
     exit_on_panic();
+    sys::single_malloc_arena();
     let setup = setup::setup(Inherited::take())?;
     match choice.plan(&setup.config) {
         Some(plan) => {
