@@ -12,7 +12,7 @@
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
 use std::thread::JoinHandle;
 
 /// A disk image: bytes at offsets. `size` is a multiple of 512.
@@ -27,6 +27,12 @@ pub trait BlockBackend: Send + 'static {
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
     /// Makes completed writes durable.
     fn flush(&mut self) -> io::Result<()>;
+    /// A backend that holds writes back (a VHD keeps new blocks' table
+    /// entries until a flush) asks its I/O thread to flush it on its own
+    /// after this long without requests. `None`: nothing is held back.
+    fn idle_flush_after(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// A raw image file: positional reads and writes (`pread64`/`pwrite64`),
@@ -108,6 +114,11 @@ impl<B: BlockBackend> BlockBackend for Arc<std::sync::Mutex<B>> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
+    fn idle_flush_after(&self) -> Option<std::time::Duration> {
+        self.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .idle_flush_after()
     }
 }
 
@@ -265,7 +276,23 @@ fn serve(
     done: Sender<IoCompletion>,
     waker: IoWaker,
 ) {
-    while let Ok(mut req) = requests.recv() {
+    loop {
+        let next = match backend.idle_flush_after() {
+            None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(quiet) => requests.recv_timeout(quiet),
+        };
+        let mut req = match next {
+            Ok(req) => req,
+            Err(RecvTimeoutError::Timeout) => {
+                // The guest went quiet with writes held back: make them
+                // durable, as a drive's cache drains when idle.
+                if let Err(e) = backend.flush() {
+                    tracing::warn!(target: "bulkhead::ide", "flushing an idle drive: {e}");
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         let result = match req.kind {
             IoKind::Read => backend.read_at(req.offset, &mut req.buf),
             IoKind::Write => backend.write_at(req.offset, &req.buf),
@@ -301,6 +328,58 @@ mod tests {
             }),
             n,
         )
+    }
+
+    /// Writes are held back until a flush, like a VHD's new blocks.
+    #[derive(Default)]
+    struct WriteBack {
+        dirty: bool,
+        flushes: usize,
+    }
+
+    impl BlockBackend for WriteBack {
+        fn size(&self) -> u64 {
+            512
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn read_at(&mut self, _: u64, _: &mut [u8]) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_at(&mut self, _: u64, _: &[u8]) -> io::Result<()> {
+            self.dirty = true;
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.dirty = false;
+            self.flushes += 1;
+            Ok(())
+        }
+        fn idle_flush_after(&self) -> Option<Duration> {
+            self.dirty.then_some(Duration::from_millis(20))
+        }
+    }
+
+    #[test]
+    fn an_idle_io_thread_flushes_a_backend_that_holds_writes_back() {
+        let backend = Arc::new(std::sync::Mutex::new(WriteBack::default()));
+        let (waker, _) = counting_waker();
+        let mut io = IoThread::spawn(Box::new(backend.clone()), "t".into(), waker).unwrap();
+        io.submit(IoRequest {
+            kind: IoKind::Write,
+            offset: 0,
+            buf: vec![0; 512],
+        });
+        assert!(io.wait_complete(WAIT).unwrap().result.is_ok());
+        let deadline = std::time::Instant::now() + WAIT;
+        while backend.lock().unwrap().dirty {
+            assert!(std::time::Instant::now() < deadline, "never flushed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Clean again: no more flushes without new writes.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(backend.lock().unwrap().flushes, 1);
     }
 
     #[test]

@@ -337,6 +337,92 @@ fn create_list_info_start_stop_rm_round_trip() {
 }
 
 #[test]
+fn drives_are_checked_at_create_reach_the_worker_and_undo_disks_end_with_the_vm() {
+    let d = Daemon::new("drives");
+    let dir = d.dir.path();
+    let path = |n: &str| dir.join(n).display().to_string();
+    d.ok(&["disk", "create", &path("a.vhd"), "--size", "8M"]);
+    std::fs::write(dir.join("b.img"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(dir.join("cd.iso"), vec![0u8; 2048 * 16]).unwrap();
+    std::fs::write(dir.join("odd.iso"), vec![0u8; 2560]).unwrap();
+    let kernel = d.kernel(Guest::Ticks);
+    let create = |name: &str, drives: &[&str]| {
+        let mut args = vec![
+            "vm", "create", name, "--memory", "16", "--kernel", &kernel, "--json",
+        ];
+        args.extend_from_slice(drives);
+        d.cli(&args)
+    };
+    let refused = |drives: &[&str], why: &str| {
+        let out = create("bad", drives);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(why),
+            "{drives:?}: {stderr}"
+        );
+    };
+    refused(&["--disk", &path("missing.vhd")], "missing.vhd");
+    refused(
+        &["--disk", &format!("{},undo=discard", path("b.img"))],
+        "needs a VHD",
+    );
+    refused(&["--cdrom", &path("odd.iso")], "2048-byte sectors");
+    let a_master = format!("{},slot=primary-master", path("a.vhd"));
+    let b_master = format!("{},slot=primary-master", path("b.img"));
+    refused(&["--disk", &a_master, "--disk", &b_master], "two drives");
+    refused(
+        &["--disk", &format!("{},cache=none", path("a.vhd"))],
+        "options are",
+    );
+
+    let a_undo = format!("{},undo=discard", path("a.vhd"));
+    let b_ro = format!("{},ro", path("b.img"));
+    let out = create(
+        "dvm",
+        &[
+            "--disk",
+            &a_undo,
+            "--disk",
+            &b_ro,
+            "--cdrom",
+            &path("cd.iso"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drives = d.info("dvm")["drives"].clone();
+    let slots: Vec<&str> = drives
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["slot"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        slots,
+        ["primary-master", "primary-slave", "secondary-master"]
+    );
+    let toml = std::fs::read_to_string(d.state().join("vms/dvm.toml")).unwrap();
+    assert_eq!(toml.matches("[[drive]]").count(), 3, "{toml}");
+    let a_before = std::fs::read(dir.join("a.vhd")).unwrap();
+
+    // The worker gets the three images (four descriptors: the undo disk and
+    // its parent) and opens them inside its sandbox.
+    d.ok(&["vm", "start", "dvm"]);
+    d.wait_info("dvm", "running", |i| i["state"] == "running");
+    d.wait_log("dvm", 2);
+    let undo = d.state().join("undo/dvm/primary-master.vhd");
+    assert!(undo.exists(), "no undo disk at {}", undo.display());
+    d.ok(&["vm", "stop", "dvm"]);
+    let info = d.info("dvm");
+    assert_eq!(info["state"], "stopped", "{info}");
+    assert!(!undo.exists(), "the undo disk was not discarded");
+    assert!(std::fs::read(dir.join("a.vhd")).unwrap() == a_before);
+}
+
+#[test]
 fn four_vms_run_concurrently_and_a_killed_worker_restarts_alone() {
     let d = Daemon::new("four_vms");
     let names = ["four-0", "four-1", "four-2", "four-3"];

@@ -131,15 +131,21 @@ impl Foreground {
     /// Reads stdout until it contains `text` (the seen text is kept, so
     /// call [`Foreground::forget`] between commands).
     pub fn expect(&mut self, text: &str) {
+        self.expect_any(&[text]);
+    }
+
+    /// Reads stdout until it contains one of `texts`; returns its index.
+    pub fn expect_any(&mut self, texts: &[&str]) -> usize {
         let deadline = Instant::now() + self.timeout;
-        while !String::from_utf8_lossy(&self.seen).contains(text) {
+        loop {
+            let seen = String::from_utf8_lossy(&self.seen);
+            if let Some(i) = texts.iter().position(|t| seen.contains(t)) {
+                return i;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stdout.recv_timeout(left) {
                 Ok(bytes) => self.seen.extend_from_slice(&bytes),
-                Err(_) => panic!(
-                    "no {text:?} on stdout; got {:?}",
-                    String::from_utf8_lossy(&self.seen)
-                ),
+                Err(_) => panic!("none of {texts:?} on stdout; got {seen:?}"),
             }
         }
     }

@@ -25,6 +25,7 @@
 //!    It flushes the last frame and COM1's buffered output, then returns.
 
 pub mod control;
+pub mod drives;
 pub mod outbox;
 pub mod presenter;
 pub mod serial;
@@ -99,6 +100,8 @@ impl SandboxChoice {
         if config.serial {
             plan.keep_fds.push(fds::SERIAL_COM1);
         }
+        plan.keep_fds
+            .extend(config.drives.iter().flat_map(|d| d.fds.iter().copied()));
         plan.cgroup = Some(CgroupPlan {
             root: cgroup_root.clone(),
             name: cgroup.clone(),
@@ -171,6 +174,7 @@ fn exit_on_panic() {
 /// sandbox forks).
 pub fn run(choice: &SandboxChoice) -> Result<(), VmError> {
     exit_on_panic();
+    sys::single_malloc_arena();
     let setup = setup::setup(Inherited::take())?;
     match choice.plan(&setup.config) {
         Some(plan) => {
@@ -188,7 +192,10 @@ pub fn run(choice: &SandboxChoice) -> Result<(), VmError> {
         firmware,
         framebuffer,
         serial,
+        drives,
     } = setup;
+    // Parsed inside the sandbox: the images are untrusted input.
+    let drives = drives::open(drives).map_err(|e| VmError::Build(e.to_string()))?;
     // Clones only now: the sandbox closes every fd it was not told to keep.
     let dup = |what| move |source| VmError::Dup { what, source };
     let out = Outbox::new(control.try_clone().map_err(dup("control"))?);
@@ -229,7 +236,7 @@ pub fn run(choice: &SandboxChoice) -> Result<(), VmError> {
     let ram_mib = config.ram_mib;
     let debug = config.debug;
     let vcpu_out = out.clone();
-    spawn("vcpu0", move || {
+    let vcpu_thread = spawn("vcpu0", move || {
         if debug.deterministic {
             vcpu_out.log(
                 LogLevel::Warn,
@@ -248,7 +255,7 @@ pub fn run(choice: &SandboxChoice) -> Result<(), VmError> {
             debug_exit: debug.debug_exit,
             clock: None,
             port_hook: port_hook(&vcpu_out),
-            drives: Vec::new(),
+            drives,
         };
         vcpu.run(config);
     })?;
@@ -295,6 +302,9 @@ pub fn run(choice: &SandboxChoice) -> Result<(), VmError> {
 
     flags.update(|f| f.shutdown = true);
     handle.stop();
+    // The vCPU thread drops the machine, which joins the drives' I/O
+    // threads and flushes their images: nothing the guest wrote is lost.
+    let _ = vcpu_thread.join();
     if let Some((stop, join)) = presenter {
         *stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
         stop.1.notify_all();

@@ -148,6 +148,9 @@ pub struct Setup {
     pub framebuffer: Option<SharedFramebuffer>,
     /// COM1's stream (a socket or a pipe).
     pub serial: Option<File>,
+    /// The drives' image descriptors, not yet parsed (that waits for the
+    /// sandbox).
+    pub drives: Vec<super::drives::DriveFiles>,
 }
 
 /// Runs the start-up sequence on the fds in `inherited`.
@@ -241,6 +244,28 @@ pub fn setup(mut inherited: Inherited) -> Result<Setup, SetupError> {
     } else {
         None
     };
+    let drives = config
+        .drives
+        .iter()
+        .map(|d| {
+            let files = d
+                .fds
+                .iter()
+                .map(|&fd| {
+                    sys::take_inherited(fd)
+                        .map(File::from)
+                        .ok_or(SetupError::MissingFd {
+                            fd,
+                            name: "disk image",
+                        })
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(super::drives::DriveFiles {
+                attachment: d.clone(),
+                files,
+            })
+        })
+        .collect::<Result<_, SetupError>>()?;
     // Unused fds (an initrd with no initrd configured, ...) close here; the
     // sandbox closes every fd it was not told to keep anyway.
     drop(inherited);
@@ -250,6 +275,7 @@ pub fn setup(mut inherited: Inherited) -> Result<Setup, SetupError> {
         firmware,
         framebuffer,
         serial,
+        drives,
     })
 }
 
