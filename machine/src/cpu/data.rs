@@ -23,13 +23,13 @@ pub(super) fn handler(i: &Instruction) -> Option<Handler> {
         // ---- MOV r/m, r and MOV r, r/m (and the moffs forms) ----
         Mov_rm8_r8 | Mov_r8_rm8 | Mov_AL_moffs8 | Mov_moffs8_AL => match (op0_reg, op1_reg) {
             (true, true) => mov_r8_r8,
-            (true, false) => mov_r8_m8,
+            (true, false) => by_ea!(i, |S| mov_r8_m8::<S>),
             _ => by_ea!(i, |S| mov_m8_r8::<S>),
         },
         Mov_rm16_r16 | Mov_r16_rm16 | Mov_AX_moffs16 | Mov_moffs16_AX => match (op0_reg, op1_reg) {
             (true, true) => mov_r16_r16,
-            (true, false) => mov_r16_m16,
-            _ => mov_m16_r16,
+            (true, false) => by_ea!(i, |S| mov_r16_m16::<S>),
+            _ => by_ea!(i, |S| mov_m16_r16::<S>),
         },
         Mov_rm32_r32 | Mov_r32_rm32 | Mov_EAX_moffs32 | Mov_moffs32_EAX => {
             match (op0_reg, op1_reg) {
@@ -225,7 +225,15 @@ fn mov_r8_r8(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     Ok(())
 }
 /// MOV r8, r/m8 (memory) and MOV AL, moffs8.
-fn mov_r8_m8(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+fn mov_r8_m8<const S: bool>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+    if let Some(v) = cpu.read_fast_u8(d.seg, cpu.ea_of::<S>(d)) {
+        cpu.set_reg8(d.r0, v);
+        return Ok(());
+    }
+    mov_r8_m8_slow(cpu, d)
+}
+#[inline(never)]
+fn mov_r8_m8_slow(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     let v = cpu.read_u8(d.seg, cpu.ea(d))?;
     cpu.set_reg8(d.r0, v);
     Ok(())
@@ -248,13 +256,28 @@ fn mov_r16_r16(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     Ok(())
 }
 /// MOV r16, r/m16 (memory) and MOV AX, moffs16.
-fn mov_r16_m16(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+fn mov_r16_m16<const S: bool>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+    if let Some(v) = cpu.read_fast_u16(d.seg, cpu.ea_of::<S>(d)) {
+        cpu.set_reg16(d.r0, v);
+        return Ok(());
+    }
+    mov_r16_m16_slow(cpu, d)
+}
+#[inline(never)]
+fn mov_r16_m16_slow(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     let v = cpu.read_u16(d.seg, cpu.ea(d))?;
     cpu.set_reg16(d.r0, v);
     Ok(())
 }
 /// MOV r/m16 (memory), r16 and MOV moffs16, AX.
-fn mov_m16_r16(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+fn mov_m16_r16<const S: bool>(cpu: &mut Cpu, d: &Insn) -> Result<()> {
+    if cpu.write_fast_u16(d.seg, cpu.ea_of::<S>(d), cpu.reg16(d.r1)) {
+        return Ok(());
+    }
+    mov_m16_r16_slow(cpu, d)
+}
+#[inline(never)]
+fn mov_m16_r16_slow(cpu: &mut Cpu, d: &Insn) -> Result<()> {
     cpu.write_u16(d.seg, cpu.ea(d), cpu.reg16(d.r1))
 }
 /// MOV r32, r32.

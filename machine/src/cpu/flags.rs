@@ -258,8 +258,12 @@ impl Flags {
     /// Records INC (`dec == false`) or DEC of `a` giving `res`; CF is kept.
     #[inline(always)]
     pub fn inc_dec(&mut self, bytes: u32, a: u32, res: u32, dec: bool) {
-        let cf = self.cf();
-        self.bits = (self.bits & !CF) | cf as u32;
+        // After None, Inc and Dec, CF is already in `bits` (a DEC/JNZ loop
+        // never leaves that state).
+        if !matches!(self.lazy, Lazy::None | Lazy::Inc | Lazy::Dec) {
+            let cf = self.cf();
+            self.bits = (self.bits & !CF) | cf as u32;
+        }
         self.lazy = if dec { Lazy::Dec } else { Lazy::Inc };
         self.record(bytes, a, 1, res);
     }
