@@ -325,12 +325,22 @@ impl Guest {
         let start = Instant::now();
         // Quoted so that the shell's echo of the typed line does not match.
         self.write(format!("{command}; echo \"S\"TEP-{n}-$?.\n").as_bytes());
-        self.expect(&format!("STEP-{n}-"));
+        let deadline = start + TIMEOUT;
+        let status = loop {
+            if let Some(status) = step_status(&String::from_utf8_lossy(&self.seen), n) {
+                break status;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(bytes) => self.seen.extend_from_slice(&bytes),
+                Err(_) => self.fail(&format!("step {n}: no exit status: {command}")),
+            }
+        };
         let took = start.elapsed();
-        let seen = String::from_utf8_lossy(&self.seen).into_owned();
-        if !seen.contains(&format!("STEP-{n}-0.")) {
-            self.fail(&format!("step {n} failed: {command}"));
+        if status != 0 {
+            self.fail(&format!("step {n} exited {status}: {command}"));
         }
+        let seen = String::from_utf8_lossy(&self.seen).into_owned();
         (seen, took)
     }
 
@@ -348,6 +358,14 @@ impl Guest {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The exit status in `STEP-n-STATUS.`, once the whole line is there.
+fn step_status(seen: &str, n: u32) -> Option<u32> {
+    let tag = format!("STEP-{n}-");
+    let rest = &seen[seen.find(&tag)? + tag.len()..];
+    let (status, _) = rest.split_once('.')?;
+    status.parse().ok()
 }
 
 /// One image format: its name, its file, QEMU's `format=`.
