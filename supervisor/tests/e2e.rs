@@ -670,6 +670,41 @@ fn another_uid_cannot_see_or_control_a_vm() {
     let list = d.ok(&["vm", "list", "--json"]);
     assert_eq!(list.as_array().unwrap().len(), 2);
     assert_eq!(d.info("theirs")["owner_uid"], 54_321);
+
+    // A disk image they can read but not write: only as a read-only drive.
+    let image = d.dir.path().join("shared.img");
+    std::fs::write(&image, vec![0u8; 64 * 1024]).unwrap();
+    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let with_disk = |name: &str, spec: String| {
+        d.cli_as(
+            other,
+            &[
+                "vm",
+                "create",
+                name,
+                "--memory",
+                "16",
+                "--kernel",
+                &d.kernel(Guest::Ticks),
+                "--disk",
+                &spec,
+            ],
+        )
+    };
+    let out = with_disk("writer", image.display().to_string());
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot write"));
+    let out = with_disk("reader", format!("{},ro", image.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -271,6 +271,30 @@ fn an_invalid_config_exits_with_bad_setup() {
 }
 
 #[test]
+fn a_corrupt_disk_image_exits_with_bad_setup_naming_the_drive() {
+    use protocol::{DriveAttachment, DriveMedia, IdeSlot, ImageFormat};
+    let test = "a_corrupt_disk_image_exits_with_bad_setup_naming_the_drive";
+    // A VHD footer cookie on garbage: hostile bytes the worker must refuse
+    // (inside its sandbox) without panicking.
+    let mut image = vec![0xA5u8; 64 * 1024];
+    let end = image.len() - 512;
+    image[end..end + 8].copy_from_slice(b"conectix");
+    let mut opts = spawn_opts(test, Ending::PowerOff);
+    opts.drives.push(common::image_fd(&image));
+    opts.config.drives.push(DriveAttachment {
+        slot: IdeSlot::PrimarySlave,
+        media: DriveMedia::Disk,
+        format: ImageFormat::Vhd,
+        fds: vec![protocol::fds::FIRST_EXTRA],
+        read_only: true,
+    });
+    let w = Worker::spawn(opts);
+    let (code, err) = w.finish();
+    assert_eq!(code, Some(WorkerExit::BadSetup.code()), "{err}");
+    assert!(err.contains("the primary-slave image (fd 9)"), "{err}");
+}
+
+#[test]
 fn guest_opening_a_host_file_through_the_chaos_port_is_trapped() {
     let test = "guest_opening_a_host_file_through_the_chaos_port_is_trapped";
     let opts = spawn_opts(test, Ending::Chaos(6));

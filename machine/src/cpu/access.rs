@@ -372,17 +372,59 @@ impl Cpu {
     }
 
     /// Copies bytes into guest physical memory (loaders, DMA): cached code
-    /// on the written pages is dropped; ROM and MMIO are skipped.
+    /// on the written pages is dropped; ROM is skipped; MMIO gets byte
+    /// writes. A page at a time: RAM pages are one copy each.
     pub fn write_phys_bytes(&mut self, phys: u32, data: &[u8]) {
-        for (i, &b) in data.iter().enumerate() {
-            self.write_phys(phys.wrapping_add(i as u32), 1, b as u32);
-        }
+        for_each_page(phys, data.len(), |addr, range| {
+            let bytes = &data[range];
+            match self.mem.region(addr) {
+                Region::Ram(o) => {
+                    if self.code.page_has_code(o) {
+                        self.invalidate_code(o);
+                    }
+                    let o = o as usize;
+                    self.mem.backing[o..o + bytes.len()].copy_from_slice(bytes);
+                }
+                Region::Rom(_) => {}
+                Region::Mmio => {
+                    for (i, &b) in bytes.iter().enumerate() {
+                        self.bus
+                            .mmio_write(addr.wrapping_add(i as u32), IoSize::Byte, b as u32);
+                    }
+                }
+            }
+        });
     }
 
-    /// Reads guest physical memory (RAM and ROM; MMIO reads through the bus).
+    /// Reads guest physical memory (RAM and ROM; MMIO reads through the
+    /// bus), a page at a time.
     pub fn read_phys_bytes(&mut self, phys: u32, out: &mut [u8]) {
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = self.read_phys(phys.wrapping_add(i as u32), 1) as u8;
-        }
+        for_each_page(phys, out.len(), |addr, range| {
+            let out = &mut out[range];
+            match self.mem.region(addr) {
+                Region::Ram(o) | Region::Rom(o) => {
+                    let o = o as usize;
+                    out.copy_from_slice(&self.mem.backing[o..o + out.len()]);
+                }
+                Region::Mmio => {
+                    for (i, b) in out.iter_mut().enumerate() {
+                        *b = self.bus.mmio_read(addr.wrapping_add(i as u32), IoSize::Byte) as u8;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Splits `len` bytes from physical address `phys` at 4 KiB page
+/// boundaries (every region of the memory map is whole pages): calls `f`
+/// with each piece's address and its range in the caller's buffer.
+fn for_each_page(phys: u32, len: usize, mut f: impl FnMut(u32, std::ops::Range<usize>)) {
+    let mut done = 0;
+    while done < len {
+        let addr = phys.wrapping_add(done as u32);
+        let chunk = (0x1000 - (addr & 0xFFF) as usize).min(len - done);
+        f(addr, done..done + chunk);
+        done += chunk;
     }
 }

@@ -78,6 +78,8 @@ pub struct Spawn {
     /// Full sandbox; `false` runs `--no-sandbox`.
     pub sandbox: bool,
     pub config: WorkerConfig,
+    /// Placed at fd 9 onwards (the drives' images, in config order).
+    pub drives: Vec<OwnedFd>,
 }
 
 impl Spawn {
@@ -100,6 +102,7 @@ impl Spawn {
                 debug: DebugFlags::default(),
                 drives: Vec::new(),
             },
+            drives: Vec::new(),
         }
     }
 }
@@ -129,7 +132,7 @@ impl Worker {
             .map_or((64, 64), |f| (f.width, f.height));
         let memfd = protocol::framebuffer::create(w, h).unwrap();
         let memfd_theirs = memfd.try_clone().unwrap();
-        let (kernel, initrd) = (opts.kernel, opts.initrd);
+        let (kernel, initrd, drives) = (opts.kernel, opts.initrd, opts.drives);
 
         let mut cmd = Command::new(BIN);
         cmd.arg("run")
@@ -156,6 +159,7 @@ impl Worker {
         if let Some(initrd) = &initrd {
             placed.push((initrd.as_raw_fd(), fds::INITRD));
         }
+        placed.extend(drives.iter().map(|d| d.as_raw_fd()).zip(fds::FIRST_EXTRA..));
         // SAFETY: only async-signal-safe calls (fcntl, dup2, close) on fds
         // this process owns, between fork and exec.
         unsafe {
@@ -163,7 +167,14 @@ impl Worker {
         }
         let spawned_at = Instant::now();
         let child = cmd.spawn().unwrap();
-        drop((control_theirs, serial_theirs, memfd_theirs, kernel, initrd));
+        drop((
+            control_theirs,
+            serial_theirs,
+            memfd_theirs,
+            kernel,
+            initrd,
+            drives,
+        ));
         control.set_read_timeout(Some(TIMEOUT)).unwrap();
         serial.set_read_timeout(Some(TIMEOUT)).unwrap();
         let mut w = Worker {
@@ -308,8 +319,13 @@ fn place_fds(placed: &[(RawFd, RawFd)]) -> std::io::Result<()> {
             dst,
         ));
     }
-    // ...then into place (dup2 clears close-on-exec on the target).
-    for fd in fds::ALL.iter().map(|&(fd, _)| fd) {
+    // ...then into place (dup2 clears close-on-exec on the target): the
+    // fixed numbers, and the drives' from fd 9 on.
+    let drives = placed
+        .iter()
+        .map(|&(_, dst)| dst)
+        .filter(|&d| d >= fds::FIRST_EXTRA);
+    for fd in fds::ALL.iter().map(|&(fd, _)| fd).chain(drives) {
         match high.iter().find(|&&(_, dst)| dst == fd) {
             Some(&(src, dst)) => {
                 // SAFETY: both fds are valid numbers in this process.
