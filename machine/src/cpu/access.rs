@@ -408,7 +408,10 @@ impl Cpu {
                 }
                 Region::Mmio => {
                     for (i, b) in out.iter_mut().enumerate() {
-                        *b = self.bus.mmio_read(addr.wrapping_add(i as u32), IoSize::Byte) as u8;
+                        *b = self
+                            .bus
+                            .mmio_read(addr.wrapping_add(i as u32), IoSize::Byte)
+                            as u8;
                     }
                 }
             }
