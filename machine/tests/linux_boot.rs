@@ -5,55 +5,14 @@
 //!
 //! One boot serves every check, in order (a boot takes about a minute).
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod common;
+
+use common::serial::Serial;
 use machine::pc::{Firmware, FramebufferConfig, FramebufferMemory, Pc, PcConfig, PcExit, PcHandle};
-
-/// COM1 output, shared with the test thread.
-#[derive(Clone, Default)]
-struct Serial(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Serial {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Serial {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-    /// Waits until `needle` appears after byte `from`; returns the text
-    /// after `from` up to the end of the needle's line, and where that ends.
-    fn wait_for(&self, needle: &str, from: usize, timeout: Duration) -> (String, usize) {
-        let start = Instant::now();
-        loop {
-            let text = self.text();
-            let tail = text.get(from..).unwrap_or("");
-            if let Some(at) = tail.find(needle) {
-                let line_end = tail[at..].find('\n').map_or(tail.len(), |e| at + e);
-                return (tail[..line_end].to_string(), from + line_end);
-            }
-            if start.elapsed() > timeout {
-                let dump = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("linux_boot-serial.txt");
-                let _ = std::fs::write(&dump, &text);
-                panic!(
-                    "no {needle:?} on the serial console within {timeout:?}; whole output in {}; it ends:\n{}",
-                    dump.display(),
-                    &text[text.floor_char_boundary(text.len().saturating_sub(3000))..]
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 fn guest_kit() -> (PathBuf, PathBuf) {
     let dir = std::env::var_os("BULKHEAD_GUEST_KIT")
@@ -103,7 +62,7 @@ type FbView = Arc<Mutex<Vec<u8>>>;
 /// framebuffer into the returned view and resumes.
 fn boot() -> (PcHandle, Serial, FbView, std::thread::JoinHandle<PcExit>) {
     let (kernel, initrd) = guest_kit();
-    let serial = Serial::default();
+    let serial = Serial::new("linux_boot");
     let out = serial.clone();
     let fb: FbView = Arc::default();
     let fb_view = fb.clone();

@@ -24,6 +24,8 @@
 //! (`scripts/guest-kit`); without either it prints why and stops. The
 //! machine's load average is printed with the figures.
 
+mod common;
+use common::{guest_kit, is_root, worker};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -32,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
+use common::BIN;
 const MARKER: &str = "BULKHEAD-GUEST-READY";
 const MIB: u64 = 1 << 20;
 const IMAGE_MIB: u64 = 128;
@@ -71,48 +73,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() == 0 }
-}
-
-/// The worker, built as supervisor.rs builds it (release, in a target
-/// directory of its own: target/release/bulkhead-worker is vm-worker's
-/// bench build with its test-only chaos feature).
-fn worker() -> PathBuf {
-    let target = Path::new(BIN)
-        .ancestors()
-        .nth(2)
-        .expect("target directory")
-        .join("supervisor-bench");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "vm-worker",
-            "--bin",
-            "bulkhead-worker",
-        ])
-        .arg("--target-dir")
-        .arg(&target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build for the worker");
-    assert!(status.success(), "building bulkhead-worker failed");
-    target.join("release").join("bulkhead-worker")
-}
-
-fn guest_kit() -> Option<(PathBuf, PathBuf)> {
-    let dir = std::env::var_os("BULKHEAD_GUEST_KIT")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/bulkhead/guest-kit"))
-        })?;
-    let (kernel, initrd) = (dir.join("kernel"), dir.join("initrd"));
-    (kernel.exists() && initrd.exists()).then_some((kernel, initrd))
 }
 
 fn load_average() -> String {

@@ -17,6 +17,8 @@
 //! kit (`scripts/guest-kit`); without it that part is skipped with a note.
 //! Not as root, the daemon runs with `--allow-weaker-sandbox`.
 
+mod common;
+use common::{guest_kit, is_root, worker};
 use std::io::{BufRead, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -30,7 +32,7 @@ use serde_json::{Value, json};
 use supervisor::api::Request;
 use supervisor::client::Client;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
+use common::BIN;
 const MARKER: &[u8] = b"BULKHEAD-GUEST-READY";
 const TIMEOUT: Duration = Duration::from_secs(60);
 const IDLE_SECS: u64 = 10;
@@ -69,48 +71,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-fn is_root() -> bool {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() == 0 }
-}
-
-/// The worker, built with the release profile in a target directory of
-/// its own: target/release/bulkhead-worker is vm-worker's bench build
-/// (with its test-only chaos feature), which this must not replace.
-fn worker() -> PathBuf {
-    let target = Path::new(BIN)
-        .ancestors()
-        .nth(2)
-        .expect("target directory")
-        .join("supervisor-bench");
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "vm-worker",
-            "--bin",
-            "bulkhead-worker",
-        ])
-        .arg("--target-dir")
-        .arg(&target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build for the worker");
-    assert!(status.success(), "building bulkhead-worker failed");
-    target.join("release").join("bulkhead-worker")
-}
-
-fn guest_kit() -> Option<(PathBuf, PathBuf)> {
-    let dir = std::env::var_os("BULKHEAD_GUEST_KIT")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/bulkhead/guest-kit"))
-        })?;
-    let (kernel, initrd) = (dir.join("kernel"), dir.join("initrd"));
-    (kernel.exists() && initrd.exists()).then_some((kernel, initrd))
 }
 
 /// A Multiboot kernel (a.out kludge at 1 MiB) that prints `text` on COM1,

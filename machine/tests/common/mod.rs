@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod pm;
+pub mod serial;
 
 use std::cell::RefCell;
 use std::rc::Rc;
