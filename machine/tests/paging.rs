@@ -272,6 +272,64 @@ fn a_write_through_an_alias_mapping_invalidates_cached_code() {
     assert_eq!(g.log.borrow().ports, vec![(0xE8, 0)]);
 }
 
+/// A loop whose first block (on the code page) runs `modify` and jumps to
+/// a second block on another page that adds its `mov eax, imm32`
+/// immediate (at 0x40_1001 linear) into EBX, 1000 times: a block linked to
+/// its successor must not run a stale copy of it.
+fn linked_successor_guest(modify: impl FnOnce(&mut CodeAssembler)) -> Guest {
+    let mut g = paged(4, |a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 1000).unwrap();
+        a.xor(ebx, ebx).unwrap();
+        a.set_label(&mut top).unwrap();
+        modify(a);
+        a.mov(edx, 0x40_1000).unwrap();
+        a.jmp(edx).unwrap();
+    });
+    g.map(0x40_1000, 0x1_1000, PTE_W);
+    let mut b = CodeAssembler::new(32).unwrap();
+    b.mov(eax, 1).unwrap();
+    b.add(ebx, eax).unwrap();
+    b.dec(ecx).unwrap();
+    b.jz(0x40_1000 + 0x20).unwrap();
+    b.mov(edx, pm::CODE + 7).unwrap();
+    b.jmp(edx).unwrap();
+    let mut bytes = b.assemble(0x40_1000).unwrap();
+    bytes.resize(0x20, 0x90);
+    bytes.push(0xF4);
+    g.poke(0x1_1000, &bytes);
+    g
+}
+
+#[test]
+fn a_linked_successor_rewritten_every_iteration_runs_its_new_code() {
+    // Each pass increments the immediate, then adds it: 2 + 3 + ... + 1001.
+    let mut g = linked_successor_guest(|a| a.inc(dword_ptr(0x40_1001)).unwrap());
+    g.run(100_000);
+    assert!(g.cpu.is_halted(), "eip {:#x}", g.cpu.eip());
+    assert_eq!(g.cpu.gpr(reg::EBX), 501_500);
+}
+
+#[test]
+fn a_linked_successor_remapped_with_invlpg_runs_the_new_page() {
+    // Each pass maps 0x40_1000 to the other of two copies of the block
+    // (immediates 1 and 3) by flipping PTE bit 13, then INVLPG: 1000
+    // passes alternate 3, 1, 3, ... = 2000.
+    // The page table `map` made for 0x40_0000, entry 1.
+    let pte = PD + 0x2000 + 4;
+    let mut g = linked_successor_guest(|a| {
+        a.xor(dword_ptr(pte), 0x2000).unwrap();
+        a.invlpg(ptr(0x40_1000)).unwrap();
+    });
+    let mut copy = [0u8; 0x21];
+    g.cpu.read_phys_bytes(0x1_1000, &mut copy);
+    copy[1] = 3;
+    g.poke(0x1_3000, &copy);
+    g.run(100_000);
+    assert!(g.cpu.is_halted(), "eip {:#x}", g.cpu.eip());
+    assert_eq!(g.cpu.gpr(reg::EBX), 2000);
+}
+
 #[test]
 fn a_writable_alias_cached_before_the_code_loses_direct_writes() {
     // Stage 1 writes through the alias while its page holds no code, so

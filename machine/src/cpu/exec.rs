@@ -11,6 +11,7 @@
 //! correct. Interrupts and other signals are looked at between blocks, and
 //! only when the shared signal word is non-zero.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
@@ -95,6 +96,107 @@ struct Block {
     span: u32,
     /// Decoded as 32-bit code.
     code32: bool,
+    /// No instruction in the block can change CS, CPL or the code size:
+    /// all are IP-blind, near branches or string moves (see `links_ok`).
+    linkable: bool,
+    /// The blocks that followed this one, so that a chain skips the TLB
+    /// and cache look-ups, the code-size and CS limit checks. A link is
+    /// good while `Tlb::epoch` keeps the value it was made under: the epoch
+    /// moves at every TLB flush or fill, every drop of cached code
+    /// (`decode_block`, `invalidate_code`, reset), at the start of every
+    /// chain (interrupts, faults and the caller may have changed CS) and
+    /// after every block that is not `linkable`. Only linkable blocks run to
+    /// their end follow or make links.
+    links: [Cell<Link>; 2],
+}
+
+/// A successor of a block: the block cached for `eip` when `Tlb::epoch`
+/// was `epoch`, with its CS limit checked.
+#[derive(Clone, Copy)]
+struct Link {
+    eip: u32,
+    epoch: u64,
+    to: *const Block,
+}
+
+const NO_LINK: Link = Link {
+    eip: 0,
+    epoch: u64::MAX,
+    to: std::ptr::null(),
+};
+
+impl Block {
+    fn new(key: u64, insns: Box<[Insn]>, span: u32, code32: bool, linkable: bool) -> Self {
+        Block {
+            key,
+            insns,
+            span,
+            code32,
+            linkable,
+            links: [Cell::new(NO_LINK), Cell::new(NO_LINK)],
+        }
+    }
+
+    /// The linked successor at `eip`, when its link is current.
+    #[inline(always)]
+    fn follow(&self, eip: u32, epoch: u64) -> Option<Rc<Block>> {
+        for l in &self.links {
+            let l = l.get();
+            if l.eip == eip && l.epoch == epoch {
+                // SAFETY: `to` is `Rc::as_ptr` of a block the code cache
+                // held when the epoch had this value (`link` is only given
+                // cached blocks), and every drop of a cached block moves
+                // the epoch, so the cache still holds a strong reference
+                // and the allocation is live; the count is raised before
+                // `from_raw` takes ownership of one reference.
+                unsafe {
+                    Rc::increment_strong_count(l.to);
+                    return Some(Rc::from_raw(l.to));
+                }
+            }
+        }
+        None
+    }
+
+    /// Records `to` (a cached block whose CS limit check passed) as the
+    /// successor at `eip`: the first slot unless it is current.
+    #[inline(always)]
+    fn link(&self, eip: u32, epoch: u64, to: &Rc<Block>) {
+        let slot = if self.links[0].get().epoch == epoch {
+            &self.links[1]
+        } else {
+            &self.links[0]
+        };
+        slot.set(Link {
+            eip,
+            epoch,
+            to: Rc::as_ptr(to),
+        });
+    }
+}
+
+/// What `run_linked` tells the chain.
+enum Chain {
+    /// A block stopped early or faulted: back through the checks in `run`.
+    Stop,
+    /// The block ran to its end; `Some` when the next block may be linked to it.
+    Next(Option<Rc<Block>>),
+}
+
+/// Instructions allowed in a linkable block besides IP-blind ones: near
+/// branches and string moves (not INS/OUTS, which reach devices).
+fn links_ok(i: &Instruction) -> bool {
+    super::branch::handler(i).is_some()
+        || (super::string::handler(i).is_some()
+            && !matches!(
+                i.mnemonic(),
+                Mnemonic::Insb
+                    | Mnemonic::Insw
+                    | Mnemonic::Insd
+                    | Mnemonic::Outsb
+                    | Mnemonic::Outsw
+                    | Mnemonic::Outsd
+            ))
 }
 
 /// Multiplicative hashing for u64 keys: the keys are backing offsets.
@@ -472,11 +574,15 @@ impl Cpu {
                 // Chain blocks while nothing needs looking at: a block
                 // that stops early (mode change, HLT, STI, fault...) or a
                 // raised signal goes back through the checks above.
-                while self.run_block(max)
+                // CS may have changed since the last chain: drop the links.
+                self.tlb.epoch += 1;
+                let mut prev = None;
+                while let Chain::Next(p) = self.run_linked(max, prev)
                     && self.icount < end
                     && self.signals.load() == 0
                     && !self.flags.test(flags::TF)
                 {
+                    prev = p;
                     max = (end - self.icount).min(MAX_BLOCK as u64) as usize;
                 }
             }
@@ -556,6 +662,56 @@ impl Cpu {
             self.run_insns::<false>(insns)
         } else {
             self.run_insns::<true>(insns)
+        }
+    }
+
+    /// `run_block` within a chain: `prev`, the linkable block that just ran
+    /// to its end, may know the block at CS:EIP (see `Block::links`).
+    #[inline(always)]
+    fn run_linked(&mut self, max: usize, prev: Option<Rc<Block>>) -> Chain {
+        let epoch = self.tlb.epoch;
+        let block = match prev.as_ref().and_then(|p| p.follow(self.eip, epoch)) {
+            Some(b) => b,
+            None => {
+                let block = match self.fetch_block() {
+                    Ok(b) => b,
+                    Err(f) => {
+                        self.deliver_fault(f);
+                        return Chain::Stop;
+                    }
+                };
+                let cs = &self.segs[Seg::CS as usize];
+                let limit_ok = self.eip >= cs.lo
+                    && self.eip <= cs.hi
+                    && cs.hi - self.eip >= block.span.saturating_sub(1);
+                if !limit_ok || self.trace.is_some() {
+                    self.stop_block = false;
+                    let insns = &block.insns[..block.insns.len().min(max)];
+                    self.run_insns::<true>(insns);
+                    return Chain::Stop;
+                }
+                // The fetch may have filled the TLB or decoded: then the
+                // epoch moved and the link would never be followed.
+                if let Some(p) = &prev
+                    && block.key != u64::MAX
+                {
+                    p.link(self.eip, self.tlb.epoch, &block);
+                }
+                block
+            }
+        };
+        drop(prev);
+        self.stop_block = false;
+        let insns = &block.insns[..block.insns.len().min(max)];
+        if !self.run_insns::<false>(insns) {
+            return Chain::Stop;
+        }
+        if block.linkable {
+            Chain::Next(Some(block))
+        } else {
+            // It may have changed CS, CPL or the code size.
+            self.tlb.epoch += 1;
+            Chain::Next(None)
         }
     }
 
@@ -659,6 +815,7 @@ impl Cpu {
         let mut decoder = Decoder::with_ip(bitness, bytes, self.eip as u64, DecoderOptions::NONE);
         let mut insns = Vec::with_capacity(8);
         let mut span = 0u32;
+        let mut linkable = true;
         let mut i = Instruction::default();
         while decoder.can_decode() && insns.len() < MAX_BLOCK {
             decoder.decode_out(&mut i);
@@ -671,7 +828,9 @@ impl Cpu {
             }
             span += i.len() as u32;
             let ends = ends_block(&i);
-            insns.push(Insn::new(i, self.code32));
+            let d = Insn::new(i, self.code32);
+            linkable &= d.ip_blind || links_ok(&d.i);
+            insns.push(d);
             if ends {
                 break;
             }
@@ -680,15 +839,12 @@ impl Cpu {
             // The first instruction crosses into the next page.
             return self.decode_uncached(lin, user);
         }
-        let block = Rc::new(Block {
-            key,
-            insns: insns.into(),
-            span,
-            code32: self.code32,
-        });
+        let block = Rc::new(Block::new(key, insns.into(), span, self.code32, linkable));
         if self.code.insert(key, block.clone()) {
             self.tlb.protect_page(off & !0xFFF);
         }
+        // The insert may have dropped cached blocks (one replaced, or all).
+        self.tlb.epoch += 1;
         Ok(block)
     }
 
@@ -717,17 +873,19 @@ impl Cpu {
         if decoder.last_error() == DecoderError::NoMoreBytes {
             return Err(fault.unwrap_or(Fault::GP0));
         }
-        Ok(Rc::new(Block {
-            key: u64::MAX,
-            span: i.len() as u32,
-            insns: vec![Insn::new(i, self.code32)].into(),
-            code32: self.code32,
-        }))
+        Ok(Rc::new(Block::new(
+            u64::MAX,
+            vec![Insn::new(i, self.code32)].into(),
+            i.len() as u32,
+            self.code32,
+            false,
+        )))
     }
 
     /// Drops cached code on the backing page holding `off` (a write hit it).
     pub(crate) fn invalidate_code(&mut self, off: u32) {
         self.code.invalidate_page(off >> 12);
+        self.tlb.epoch += 1;
         self.stop_block = true;
     }
 }

@@ -51,6 +51,10 @@ pub(crate) struct Tlb {
     used: Vec<(u8, u16)>,
     /// Some entry filled since the last full flush came from a 4 MiB page.
     has_large: bool,
+    /// Bumped whenever the code-fetch view may change: every TLB flush and
+    /// fill, every drop of cached code, every change of CS, CPL or code
+    /// size (see `Block::links` in exec.rs).
+    pub epoch: u64,
 }
 
 #[inline(always)]
@@ -64,10 +68,12 @@ impl Tlb {
             sets: Box::new([[EMPTY; TLB_SIZE]; 2]),
             used: Vec::with_capacity(256),
             has_large: false,
+            epoch: 0,
         }
     }
 
     pub fn flush_all(&mut self) {
+        self.epoch += 1;
         for &(s, i) in &self.used {
             self.sets[s as usize][i as usize] = EMPTY;
         }
@@ -77,6 +83,7 @@ impl Tlb {
 
     /// A CR3 load: everything but global pages.
     pub fn flush_non_global(&mut self) {
+        self.epoch += 1;
         let sets = &mut self.sets;
         self.used.retain(|&(s, i)| {
             let e = &mut sets[s as usize][i as usize];
@@ -93,6 +100,7 @@ impl Tlb {
     /// 4 MiB pages are cached, every entry of the 4 MiB page holding `lin`
     /// (the TLB caches large pages in 4 KiB pieces).
     pub fn flush_page(&mut self, lin: u32) {
+        self.epoch += 1;
         let page = lin & !0xFFF;
         let i = tlb_index(lin);
         for set in self.sets.iter_mut() {
@@ -122,6 +130,7 @@ impl Tlb {
     }
 
     fn insert(&mut self, user: bool, lin: u32, e: TlbEntry) {
+        self.epoch += 1;
         let i = tlb_index(lin);
         if self.used.len() >= TLB_SIZE * 4 {
             // Many refills of the same slots: compact the list by a full flush.
