@@ -3,41 +3,20 @@
 //! in-memory disk, with the bytes checked on both sides. The guest polls
 //! while the drive's I/O thread works, as a driver with interrupts off does.
 
+mod common;
+
+use common::multiboot;
 use std::sync::{Arc, Mutex};
 
 use iced_x86::code_asm::*;
 use machine::pc::{DriveConfig, DriveKind, Firmware, IDE_BM_BASE, Pc, PcConfig, PcError, PcExit};
 
-const LOAD: u32 = 0x10_0000;
 /// Where the guests keep data buffers and the PRD table.
 const BUF: u32 = 0x20_0000;
 const PRD: u32 = 0x30_0000;
 const DISK_SECTORS: usize = 64;
 
 type Image = Arc<Mutex<Vec<u8>>>;
-
-/// A Multiboot kernel (a.out kludge) whose code starts right after the header.
-fn multiboot(body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
-    let flags = 1u32 << 16;
-    let entry = LOAD + 32;
-    let mut k = Vec::new();
-    for v in [
-        0x1BAD_B002u32,
-        flags,
-        0u32.wrapping_sub(0x1BAD_B002u32.wrapping_add(flags)),
-        LOAD,
-        LOAD,
-        0,
-        0,
-        entry,
-    ] {
-        k.extend_from_slice(&v.to_le_bytes());
-    }
-    let mut a = CodeAssembler::new(32).unwrap();
-    body(&mut a).unwrap();
-    k.extend(a.assemble(entry as u64).unwrap());
-    k
-}
 
 fn patterned() -> Vec<u8> {
     (0..DISK_SECTORS * 512)

@@ -2,36 +2,14 @@
 //! events (triple fault, debug exit, power-off) end a run cleanly, and COM1
 //! carries a guest's output.
 
+mod common;
+
+use common::{LOAD, multiboot};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use iced_x86::code_asm::*;
 use machine::pc::{Firmware, Pc, PcConfig, PcExit};
-
-const LOAD: u32 = 0x10_0000;
-
-/// A Multiboot kernel (a.out kludge) whose code starts right after the header.
-fn multiboot(body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
-    let flags = 1u32 << 16;
-    let entry = LOAD + 32;
-    let mut k = Vec::new();
-    for v in [
-        0x1BAD_B002u32,
-        flags,
-        0u32.wrapping_sub(0x1BAD_B002u32.wrapping_add(flags)),
-        LOAD,
-        LOAD,
-        0,
-        0,
-        entry,
-    ] {
-        k.extend_from_slice(&v.to_le_bytes());
-    }
-    let mut a = CodeAssembler::new(32).unwrap();
-    body(&mut a).unwrap();
-    k.extend(a.assemble(entry as u64).unwrap());
-    k
-}
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);

@@ -375,6 +375,16 @@ impl Cpu {
     /// on the written pages is dropped; ROM is skipped; MMIO gets byte
     /// writes. A page at a time: RAM pages are one copy each.
     pub fn write_phys_bytes(&mut self, phys: u32, data: &[u8]) {
+        self.copy_in(phys, data, true);
+    }
+
+    /// A bus master's write: as [`Cpu::write_phys_bytes`], but MMIO is no
+    /// DMA target (the writes are dropped; the board is busy with the DMA).
+    pub(crate) fn dma_write(&mut self, phys: u32, data: &[u8]) {
+        self.copy_in(phys, data, false);
+    }
+
+    fn copy_in(&mut self, phys: u32, data: &[u8], to_mmio: bool) {
         for_each_page(phys, data.len(), |addr, range| {
             let bytes = &data[range];
             match self.mem.region(addr) {
@@ -386,6 +396,7 @@ impl Cpu {
                     self.mem.backing[o..o + bytes.len()].copy_from_slice(bytes);
                 }
                 Region::Rom(_) => {}
+                Region::Mmio if !to_mmio => {}
                 Region::Mmio => {
                     for (i, &b) in bytes.iter().enumerate() {
                         self.bus
@@ -399,6 +410,16 @@ impl Cpu {
     /// Reads guest physical memory (RAM and ROM; MMIO reads through the
     /// bus), a page at a time.
     pub fn read_phys_bytes(&mut self, phys: u32, out: &mut [u8]) {
+        self.copy_out(phys, out, true);
+    }
+
+    /// A bus master's read: as [`Cpu::read_phys_bytes`], but MMIO is no
+    /// DMA source (it reads as all ones; the board is busy with the DMA).
+    pub(crate) fn dma_read(&mut self, phys: u32, out: &mut [u8]) {
+        self.copy_out(phys, out, false);
+    }
+
+    fn copy_out(&mut self, phys: u32, out: &mut [u8], from_mmio: bool) {
         for_each_page(phys, out.len(), |addr, range| {
             let out = &mut out[range];
             match self.mem.region(addr) {
@@ -406,6 +427,7 @@ impl Cpu {
                     let o = o as usize;
                     out.copy_from_slice(&self.mem.backing[o..o + out.len()]);
                 }
+                Region::Mmio if !from_mmio => out.fill(0xFF),
                 Region::Mmio => {
                     for (i, b) in out.iter_mut().enumerate() {
                         *b = self

@@ -26,7 +26,7 @@ use crate::boot::{self, BootError, linux, multiboot};
 use crate::bus::Signals;
 use crate::cpu::{Cpu, RunExit, ShutdownReason, TscSource};
 use crate::devices::{Clock, DmaMemory, Drive, HostClock};
-use crate::memory::{MemoryError, PhysMemory, Region};
+use crate::memory::{MemoryError, PhysMemory};
 
 /// Guest-physical base of the linear framebuffer (where QEMU's stdvga puts its LFB).
 pub const FRAMEBUFFER_BASE: u32 = 0xFD00_0000;
@@ -246,31 +246,10 @@ struct CpuDma<'a>(&'a mut Cpu);
 
 impl DmaMemory for CpuDma<'_> {
     fn read(&mut self, addr: u32, buf: &mut [u8]) {
-        for_each_page(addr, buf.len(), |at, off, n| {
-            let out = &mut buf[off..off + n];
-            match self.0.mem.region(at) {
-                Region::Mmio => out.fill(0xFF),
-                _ => self.0.read_phys_bytes(at, out),
-            }
-        });
+        self.0.dma_read(addr, buf);
     }
     fn write(&mut self, addr: u32, data: &[u8]) {
-        for_each_page(addr, data.len(), |at, off, n| {
-            if !matches!(self.0.mem.region(at), Region::Mmio) {
-                self.0.write_phys_bytes(at, &data[off..off + n]);
-            }
-        });
-    }
-}
-
-/// Splits `len` bytes from `addr` at page boundaries: f(address, offset, length).
-fn for_each_page(addr: u32, len: usize, mut f: impl FnMut(u32, usize, usize)) {
-    let mut off = 0usize;
-    while off < len {
-        let at = addr.wrapping_add(off as u32);
-        let n = ((crate::PAGE_SIZE - (at & (crate::PAGE_SIZE - 1))) as usize).min(len - off);
-        f(at, off, n);
-        off += n;
+        self.0.dma_write(addr, data);
     }
 }
 
@@ -567,7 +546,6 @@ impl Pc {
                 b.lapic
                     .set_enabled_by_msr(self.cpu.apic_base() & (1 << 11) != 0);
                 b.poll();
-                b.service_io(&mut CpuDma(&mut self.cpu));
             }
             match exit {
                 RunExit::BudgetExhausted | RunExit::Stopped => {}

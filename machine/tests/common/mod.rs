@@ -10,6 +10,7 @@ pub mod serial;
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use iced_x86::IcedError;
 use iced_x86::code_asm::CodeAssembler;
 use machine::{Bus, Cpu, IoSize, PhysMemory, RunExit};
 
@@ -92,4 +93,30 @@ impl Guest {
     pub fn console(&self) -> String {
         String::from_utf8_lossy(&self.log.borrow().console).into_owned()
     }
+}
+
+/// Where [`multiboot`] kernels load.
+pub const LOAD: u32 = 0x10_0000;
+
+/// A Multiboot kernel (a.out kludge) whose code starts right after the header.
+pub fn multiboot(body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> Vec<u8> {
+    let flags = 1u32 << 16;
+    let entry = LOAD + 32;
+    let mut k = Vec::new();
+    for v in [
+        0x1BAD_B002u32,
+        flags,
+        0u32.wrapping_sub(0x1BAD_B002u32.wrapping_add(flags)),
+        LOAD,
+        LOAD,
+        0,
+        0,
+        entry,
+    ] {
+        k.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut a = CodeAssembler::new(32).unwrap();
+    body(&mut a).unwrap();
+    k.extend(a.assemble(entry as u64).unwrap());
+    k
 }
