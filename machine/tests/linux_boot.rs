@@ -180,15 +180,20 @@ fn debian_guest_boots_keeps_time_identifies_our_cpu_shares_its_framebuffer_reboo
     println!("sleep 2 took {slept:.3} s of host time");
     assert!((1.8..=2.2).contains(&slept), "sleep 2 took {slept:.3} s");
 
-    // An idle guest costs the host almost nothing: HLT blocks the vCPU.
+    // HLT blocks the vCPU: an idle guest leaves the host CPU alone. Debian's
+    // 686 kernel is built with CONFIG_HZ_PERIODIC at 250 Hz, so the idle
+    // guest still runs its timer tick (about 4,000 instructions, 250 times
+    // a second): a few percent of a CPU, more in this unoptimised build
+    // and on a loaded machine. A vCPU that spun instead of blocking would
+    // use all of one. BENCHMARKS.md has the figure against QEMU.
     std::thread::sleep(Duration::from_secs(1));
     let (c0, t0) = (cpu_time(&vcpu), Instant::now());
     std::thread::sleep(Duration::from_secs(3));
     let share = (cpu_time(&vcpu) - c0).as_secs_f64() / t0.elapsed().as_secs_f64();
     println!("idle guest: {:.1}% of a host CPU", share * 100.0);
     assert!(
-        share < 0.10,
-        "idle guest used {:.1}% of a host CPU",
+        share < 0.35,
+        "idle guest used {:.1}% of a host CPU: is HLT blocking?",
         share * 100.0
     );
 
