@@ -9,7 +9,7 @@
 //! running every image twice, with `N` and with `N / 8` iterations, and
 //! using the difference: MIPS = Δinstructions / Δseconds.
 //!
-//! `cargo bench -p machine --bench mips -- [--scale F] [--json] [--no-peers] [--peers-only] [--dump DIR]`
+//! `cargo bench -p machine --bench mips -- [--scale F] [--json] [--no-peers] [--peers-only] [--dump DIR] [--only WORKLOAD]`
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -42,6 +42,12 @@ const WORKLOADS: &[Workload] = &[
         what: "LCG, table updates, data-dependent branches (register and memory ALU ops)",
         n: 12_000,
         body: integer,
+    },
+    Workload {
+        name: "bignum",
+        what: "multi-precision multiply-subtract through 16-bit halves, locals on the stack (the shape of the kernel's RSA code)",
+        n: 8_000,
+        body: bignum,
     },
     Workload {
         name: "memcopy",
@@ -83,6 +89,72 @@ fn integer(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.jnz(inner)?;
     a.dec(ebp)?;
     a.jnz(outer)?;
+    Ok(())
+}
+
+/// `res[j] -= s1[j] * limb + carry` over 256 limbs, the 32x32->64 product
+/// built from four 16x16 IMULs the way a compiler does for a CPU without
+/// a widening multiply, with the loop's state spilled to the stack: MOVs
+/// to and from memory, IMUL, MOVZX, shifts, CMP/SETB/ADC/CMOV chains.
+fn bignum(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    const S1_END: u32 = 0x10_0400;
+    const RES_END: u32 = 0x10_0800;
+    let mut outer = a.create_label();
+    let mut inner = a.create_label();
+    a.sub(esp, 16)?;
+    a.set_label(&mut outer)?;
+    a.mov(dword_ptr(esp), ebp)?;
+    a.mov(dword_ptr(esp + 4), 0x1234_5679u32)?;
+    a.mov(dword_ptr(esp + 8), -256i32)?;
+    a.xor(esi, esi)?;
+    a.set_label(&mut inner)?;
+    a.mov(ecx, dword_ptr(esp + 8))?;
+    a.mov(edx, dword_ptr(S1_END + ecx * 4))?;
+    a.mov(ebx, dword_ptr(esp + 4))?;
+    a.mov(edi, ebx)?;
+    a.shr(edi, 16)?;
+    a.movzx(ebx, bx)?;
+    a.movzx(ecx, dx)?;
+    a.shr(edx, 16)?;
+    a.mov(eax, ecx)?;
+    a.imul_2(eax, ebx)?;
+    a.imul_2(ebx, edx)?;
+    a.imul_2(ecx, edi)?;
+    a.imul_2(edx, edi)?;
+    a.mov(edi, eax)?;
+    a.movzx(eax, ax)?;
+    a.shr(edi, 16)?;
+    a.add(ecx, ebx)?;
+    a.mov(dword_ptr(esp + 12), edx)?;
+    a.mov(edx, edi)?;
+    a.add(edx, ecx)?;
+    a.mov(ecx, dword_ptr(esp + 12))?;
+    a.add(ecx, 0x1_0000)?;
+    a.cmp(edx, ebx)?;
+    a.mov(edi, ecx)?;
+    a.mov(ecx, edx)?;
+    a.cmovae(edi, dword_ptr(esp + 12))?;
+    a.add(eax, esi)?;
+    a.shl(ecx, 16)?;
+    a.xor(ebx, ebx)?;
+    a.add(eax, ecx)?;
+    a.cmp(eax, esi)?;
+    a.mov(esi, edx)?;
+    a.setb(bl)?;
+    a.shr(esi, 16)?;
+    a.mov(ecx, dword_ptr(esp + 8))?;
+    a.mov(edx, dword_ptr(RES_END + ecx * 4))?;
+    a.sub(edx, eax)?;
+    a.adc(ebx, esi)?;
+    a.mov(dword_ptr(RES_END + ecx * 4), edx)?;
+    a.lea(esi, dword_ptr(ebx + edi))?;
+    a.add(ecx, 1)?;
+    a.mov(dword_ptr(esp + 8), ecx)?;
+    a.jnz(inner)?;
+    a.mov(ebp, dword_ptr(esp))?;
+    a.dec(ebp)?;
+    a.jnz(outer)?;
+    a.add(esp, 16)?;
     Ok(())
 }
 
@@ -321,6 +393,7 @@ fn main() {
     let mut peers = true;
     let mut ours = true;
     let mut dump: Option<PathBuf> = None;
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -329,10 +402,11 @@ fn main() {
             "--no-peers" => peers = false,
             "--peers-only" => ours = false,
             "--dump" => dump = args.next().map(PathBuf::from),
+            "--only" => only = args.next(),
             "--bench" => {}
             other => {
                 eprintln!(
-                    "mips: unknown argument {other}; use --scale F, --json, --no-peers, --peers-only, --dump DIR"
+                    "mips: unknown argument {other}; use --scale F, --json, --no-peers, --peers-only, --dump DIR, --only WORKLOAD"
                 );
                 std::process::exit(2);
             }
@@ -350,7 +424,10 @@ fn main() {
         );
     }
     let mut rows = Vec::new();
-    for w in WORKLOADS {
+    for w in WORKLOADS
+        .iter()
+        .filter(|w| only.as_ref().is_none_or(|o| o == w.name))
+    {
         let n = ((w.n as f64 * scale) as u32).max(8);
         let small = (n / 8).max(1);
         let (big_img, small_img) = (image(w, n), image(w, small));

@@ -310,6 +310,33 @@ fn a_linked_successor_rewritten_every_iteration_runs_its_new_code() {
     assert_eq!(g.cpu.gpr(reg::EBX), 501_500);
 }
 
+/// A block that rewrites the immediate of its own next instruction, 1000
+/// times within one `run`: the running block leaves the cache midway
+/// (and must stay alive until the run ends), and the new immediate runs.
+#[test]
+fn a_block_rewriting_its_own_next_instruction_runs_the_new_one() {
+    // mov ecx, imm32 (5) + xor ebx, ebx (2) + mov [disp32], ecx (6): the
+    // `mov eax, imm32` starts 13 bytes in, its immediate one byte later.
+    let imm = pm::CODE + 14;
+    let mut g = paged(4, |a| {
+        let mut top = a.create_label();
+        a.mov(ecx, 1000).unwrap();
+        a.xor(ebx, ebx).unwrap();
+        a.set_label(&mut top).unwrap();
+        a.mov(dword_ptr(imm), ecx).unwrap();
+        a.mov(eax, 0x1234_5678).unwrap();
+        a.add(ebx, eax).unwrap();
+        a.dec(ecx).unwrap();
+        a.jnz(top).unwrap();
+        a.hlt().unwrap();
+    });
+    assert_eq!(g.peek_u32(imm), 0x1234_5678, "the layout the test assumes");
+    g.run(100_000);
+    assert!(g.cpu.is_halted(), "eip {:#x}", g.cpu.eip());
+    // Each pass adds the count it just wrote: 1000 + 999 + ... + 1.
+    assert_eq!(g.cpu.gpr(reg::EBX), 500_500);
+}
+
 #[test]
 fn a_linked_successor_remapped_with_invlpg_runs_the_new_page() {
     // Each pass maps 0x40_1000 to the other of two copies of the block

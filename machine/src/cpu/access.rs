@@ -154,6 +154,22 @@ macro_rules! seg_access {
 }
 
 impl Cpu {
+    /// The host address of an `n`-byte read-modify-write of `seg:off` when
+    /// the write fast path hits (a write tag implies the read tag, RAM and
+    /// no cached code on the page): `None` when it needs the full checks.
+    #[inline(always)]
+    pub(crate) fn rmw_ptr_fast(&self, seg: Seg, off: u32, n: u32) -> Option<*mut u8> {
+        let s = &self.segs[seg as usize];
+        if off < s.wend {
+            let lin = s.base.wrapping_add(off);
+            let e = &self.tlb.sets[(self.cpl == 3) as usize][tlb_index(lin)];
+            if e.wtag == tag_of(lin, n) {
+                return Some(host_ptr(lin, e.host));
+            }
+        }
+        None
+    }
+
     lin_access!(read_lin_u8, write_lin_u8, u8, 1);
     lin_access!(read_lin_u16, write_lin_u16, u16, 2);
     lin_access!(read_lin_u32, write_lin_u32, u32, 4);

@@ -217,6 +217,24 @@ fn modify<const W: u32, const MEM: bool>(
 ) -> Result<()> {
     if MEM {
         let off = cpu.ea(d);
+        if let Some(p) = cpu.rmw_ptr_fast(d.seg, off, W) {
+            // SAFETY: `p` is valid for a `W`-byte access (see `host_ptr`);
+            // `f` only computes (and sets flags), so the mapping holds.
+            unsafe {
+                let old = match W {
+                    1 => p.read() as u32,
+                    2 => p.cast::<u16>().read_unaligned() as u32,
+                    _ => p.cast::<u32>().read_unaligned(),
+                };
+                let new = f(cpu, old);
+                match W {
+                    1 => p.write(new as u8),
+                    2 => p.cast::<u16>().write_unaligned(new as u16),
+                    _ => p.cast::<u32>().write_unaligned(new),
+                }
+            }
+            return Ok(());
+        }
         modify_at::<W>(cpu, d.seg, off, f)
     } else {
         let old = get::<W>(cpu, d.r0);

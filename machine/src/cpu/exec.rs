@@ -28,7 +28,7 @@ use crate::bus::Signals;
 use crate::memory::Region;
 
 /// Longest block, in instructions.
-pub(crate) const MAX_BLOCK: usize = 32;
+pub(crate) const MAX_BLOCK: usize = 64;
 
 /// An instruction handler. `cpu.eip` is the instruction's own address and
 /// `cpu.next_eip` the next one's; control transfers write `next_eip`.
@@ -108,6 +108,9 @@ struct Block {
     /// after every block that is not `linkable`. Only linkable blocks run to
     /// their end follow or make links.
     links: [Cell<Link>; 2],
+    /// Every instruction but the last is IP-blind: the run loop skips the
+    /// per-instruction IP bookkeeping (see `run_insns`).
+    blind_body: bool,
 }
 
 /// A successor of a block: the block cached for `eip` when `Tlb::epoch`
@@ -127,7 +130,11 @@ const NO_LINK: Link = Link {
 
 impl Block {
     fn new(key: u64, insns: Box<[Insn]>, span: u32, code32: bool, linkable: bool) -> Self {
+        let blind_body = insns
+            .split_last()
+            .is_none_or(|(_, body)| body.iter().all(|d| d.ip_blind));
         Block {
+            blind_body,
             key,
             insns,
             span,
@@ -137,22 +144,16 @@ impl Block {
         }
     }
 
-    /// The linked successor at `eip`, when its link is current.
+    /// The linked successor at `eip`, when its link is current: a block
+    /// the code cache held when the epoch had this value (`link` is only
+    /// given cached blocks). Every drop of a cached block moves the epoch,
+    /// so a current link names a block the cache still holds.
     #[inline(always)]
-    fn follow(&self, eip: u32, epoch: u64) -> Option<Rc<Block>> {
+    fn follow(&self, eip: u32, epoch: u64) -> Option<*const Block> {
         for l in &self.links {
             let l = l.get();
             if l.eip == eip && l.epoch == epoch {
-                // SAFETY: `to` is `Rc::as_ptr` of a block the code cache
-                // held when the epoch had this value (`link` is only given
-                // cached blocks), and every drop of a cached block moves
-                // the epoch, so the cache still holds a strong reference
-                // and the allocation is live; the count is raised before
-                // `from_raw` takes ownership of one reference.
-                unsafe {
-                    Rc::increment_strong_count(l.to);
-                    return Some(Rc::from_raw(l.to));
-                }
+                return Some(l.to);
             }
         }
         None
@@ -161,17 +162,13 @@ impl Block {
     /// Records `to` (a cached block whose CS limit check passed) as the
     /// successor at `eip`: the first slot unless it is current.
     #[inline(always)]
-    fn link(&self, eip: u32, epoch: u64, to: &Rc<Block>) {
+    fn link(&self, eip: u32, epoch: u64, to: *const Block) {
         let slot = if self.links[0].get().epoch == epoch {
             &self.links[1]
         } else {
             &self.links[0]
         };
-        slot.set(Link {
-            eip,
-            epoch,
-            to: Rc::as_ptr(to),
-        });
+        slot.set(Link { eip, epoch, to });
     }
 }
 
@@ -179,8 +176,9 @@ impl Block {
 enum Chain {
     /// A block stopped early or faulted: back through the checks in `run`.
     Stop,
-    /// The block ran to its end; `Some` when the next block may be linked to it.
-    Next(Option<Rc<Block>>),
+    /// The block ran to its end; not null when the next block may be
+    /// linked to it (a cached block: see `CodeCache::retired`).
+    Next(*const Block),
 }
 
 /// Instructions allowed in a linkable block besides IP-blind ones: near
@@ -232,6 +230,11 @@ pub(crate) struct CodeCache {
     code_bits: Vec<u64>,
     /// Direct-mapped front of `blocks`.
     fast: Box<[Option<Rc<Block>>]>,
+    /// Blocks dropped from the cache during the current `Cpu::run` call,
+    /// freed at the start of the next: a chain of blocks refers to the
+    /// block it runs and the one it came from by pointer (see
+    /// `run_linked`), and a write to their own code may drop them midway.
+    retired: Vec<Rc<Block>>,
 }
 
 impl CodeCache {
@@ -242,11 +245,12 @@ impl CodeCache {
             pages: HashMap::default(),
             code_bits: vec![0; pages.div_ceil(64)],
             fast: vec![None; FAST_SLOTS].into_boxed_slice(),
+            retired: Vec::new(),
         }
     }
 
     pub fn clear(&mut self) {
-        self.blocks.clear();
+        self.retired.extend(self.blocks.drain().map(|(_, b)| b));
         self.pages.clear();
         self.code_bits.iter_mut().for_each(|w| *w = 0);
         self.fast.iter_mut().for_each(|s| *s = None);
@@ -300,8 +304,9 @@ impl CodeCache {
         let first = *word & (1 << (page % 64)) == 0;
         *word |= 1 << (page % 64);
         self.fast[Self::slot(key)] = Some(block.clone());
-        if self.blocks.insert(key, block).is_none() {
-            self.pages.entry(page).or_default().push(key);
+        match self.blocks.insert(key, block) {
+            Some(old) => self.retired.push(old),
+            None => self.pages.entry(page).or_default().push(key),
         }
         first
     }
@@ -309,7 +314,9 @@ impl CodeCache {
     fn invalidate_page(&mut self, page: u32) {
         if let Some(keys) = self.pages.remove(&page) {
             for key in keys {
-                self.blocks.remove(&key);
+                if let Some(b) = self.blocks.remove(&key) {
+                    self.retired.push(b);
+                }
                 let s = &mut self.fast[Self::slot(key)];
                 if s.as_ref().is_some_and(|b| b.key == key) {
                     *s = None;
@@ -545,6 +552,10 @@ impl Cpu {
     /// Runs until `budget` instructions have retired or something stops the CPU.
     pub fn run(&mut self, budget: u64) -> RunExit {
         let end = self.icount.saturating_add(budget);
+        // No block runs between calls (see `CodeCache::retired`).
+        if !self.code.retired.is_empty() {
+            self.code.retired.clear();
+        }
         loop {
             if let Some(r) = self.shutdown {
                 return RunExit::Shutdown(r);
@@ -576,7 +587,7 @@ impl Cpu {
                 // raised signal goes back through the checks above.
                 // CS may have changed since the last chain: drop the links.
                 self.tlb.epoch += 1;
-                let mut prev = None;
+                let mut prev = std::ptr::null();
                 while let Chain::Next(p) = self.run_linked(max, prev)
                     && self.icount < end
                     && self.signals.load() == 0
@@ -659,19 +670,30 @@ impl Cpu {
         self.stop_block = false;
         let insns = &block.insns[..block.insns.len().min(max)];
         if limit_ok && self.trace.is_none() {
-            self.run_insns::<false>(insns)
+            self.run_insns::<false>(insns, block.blind_body)
         } else {
-            self.run_insns::<true>(insns)
+            self.run_insns::<true>(insns, false)
         }
     }
 
     /// `run_block` within a chain: `prev`, the linkable block that just ran
     /// to its end, may know the block at CS:EIP (see `Block::links`).
+    /// Blocks are referred to by pointer here: `prev` and linked blocks
+    /// are cached blocks, which `CodeCache::retired` keeps alive until the
+    /// end of this `run` call even when a write drops them from the cache.
     #[inline(always)]
-    fn run_linked(&mut self, max: usize, prev: Option<Rc<Block>>) -> Chain {
+    fn run_linked(&mut self, max: usize, prev: *const Block) -> Chain {
         let epoch = self.tlb.epoch;
-        let block = match prev.as_ref().and_then(|p| p.follow(self.eip, epoch)) {
-            Some(b) => b,
+        let linked = if prev.is_null() {
+            None
+        } else {
+            // SAFETY: `prev` is a block cached during this `run` call.
+            unsafe { (*prev).follow(self.eip, epoch) }
+        };
+        let held: Rc<Block>;
+        let block: &Block = match linked {
+            // SAFETY: a current link names a block the cache holds.
+            Some(b) => unsafe { &*b },
             None => {
                 let block = match self.fetch_block() {
                     Ok(b) => b,
@@ -687,31 +709,35 @@ impl Cpu {
                 if !limit_ok || self.trace.is_some() {
                     self.stop_block = false;
                     let insns = &block.insns[..block.insns.len().min(max)];
-                    self.run_insns::<true>(insns);
+                    self.run_insns::<true>(insns, false);
                     return Chain::Stop;
                 }
                 // The fetch may have filled the TLB or decoded: then the
                 // epoch moved and the link would never be followed.
-                if let Some(p) = &prev
-                    && block.key != u64::MAX
-                {
-                    p.link(self.eip, self.tlb.epoch, &block);
+                if !prev.is_null() && block.key != u64::MAX {
+                    // SAFETY: as above.
+                    unsafe { (*prev).link(self.eip, self.tlb.epoch, Rc::as_ptr(&block)) };
                 }
-                block
+                held = block;
+                &held
             }
         };
-        drop(prev);
         self.stop_block = false;
-        let insns = &block.insns[..block.insns.len().min(max)];
-        if !self.run_insns::<false>(insns) {
+        let insns = if block.insns.len() <= max {
+            &block.insns[..]
+        } else {
+            &block.insns[..max]
+        };
+        if !self.run_insns::<false>(insns, block.blind_body) {
             return Chain::Stop;
         }
+        // Uncached blocks (key u64::MAX) are never linkable.
         if block.linkable {
-            Chain::Next(Some(block))
+            Chain::Next(block)
         } else {
             // It may have changed CS, CPL or the code size.
             self.tlb.epoch += 1;
-            Chain::Next(None)
+            Chain::Next(std::ptr::null())
         }
     }
 
@@ -719,8 +745,30 @@ impl Cpu {
     /// `CHECKED`: check each against the CS limit and call the trace hook
     /// (the block may run past the limit, or tracing is on).
     /// Returns true when none faulted or stopped the block.
+    /// `blind_body`: every instruction but the last is IP-blind (true of
+    /// any prefix of a block whose `blind_body` holds).
     #[inline(always)]
-    fn run_insns<const CHECKED: bool>(&mut self, insns: &[Insn]) -> bool {
+    fn run_insns<const CHECKED: bool>(&mut self, insns: &[Insn], blind_body: bool) -> bool {
+        if !CHECKED && blind_body {
+            let Some((last, body)) = insns.split_last() else {
+                return true;
+            };
+            for (k, d) in body.iter().enumerate() {
+                if let Err(f) = (d.handler)(self, d) {
+                    self.eip = d.ip;
+                    self.icount += k as u64;
+                    self.deliver_fault(f);
+                    return false;
+                }
+                if self.stop_block {
+                    self.eip = d.next_ip;
+                    self.icount += k as u64 + 1;
+                    return false;
+                }
+            }
+            self.icount += body.len() as u64;
+            return self.run_insns::<false>(std::slice::from_ref(last), false);
+        }
         // Retired instructions are counted per block; the instructions
         // that read the count mid-block (RDTSC, RDMSR, WRMSR, RDPMC)
         // always start a block (see `reads_icount`). `eip`/`next_eip` are
