@@ -12,7 +12,8 @@
 //! The command line is `$APPEND`, by default `console=ttyS0 nokaslr` so
 //! that the addresses match. With `IDLE=SECS` it instead measures the
 //! guest idling at its shell after the marker: host CPU and instructions
-//! per second.
+//! per second. With `STOP_AT=N` it stops after N retired instructions
+//! (a window to run under callgrind).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -71,6 +72,7 @@ fn main() {
     })
     .expect("machine");
     let slice = 20_000;
+    let stop_at: Option<u64> = std::env::var("STOP_AT").ok().and_then(|s| s.parse().ok());
     let mut time: HashMap<String, (f64, u64)> = HashMap::new();
     let start = Instant::now();
     let mut last = start;
@@ -88,6 +90,9 @@ fn main() {
         e.1 += 1;
 
         last = now;
+        if stop_at.is_some_and(|n| pc.cpu().instruction_count() >= n) {
+            break;
+        }
         if !matches!(exit, PcExit::InstructionLimit) {
             eprintln!("exit {exit:?}");
             break;

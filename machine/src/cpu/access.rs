@@ -77,7 +77,7 @@ macro_rules! seg_access {
             let s = &self.segs[seg as usize];
             if off < s.rend {
                 let lin = s.base.wrapping_add(off);
-                let e = &self.tlb.sets[(self.cpl == 3) as usize][tlb_index(lin)];
+                let e = self.tlb.current(lin);
                 if e.rtag == tag_of(lin, $n) {
                     // SAFETY: a matching read tag: see `host_ptr`.
                     return Some(unsafe { host_ptr(lin, e.host).cast::<$ty>().read_unaligned() });
@@ -93,7 +93,7 @@ macro_rules! seg_access {
             let s = &self.segs[seg as usize];
             if off < s.wend {
                 let lin = s.base.wrapping_add(off);
-                let e = &self.tlb.sets[(self.cpl == 3) as usize][tlb_index(lin)];
+                let e = self.tlb.current(lin);
                 if e.wtag == tag_of(lin, $n) {
                     // SAFETY: a matching write tag: see `host_ptr`.
                     unsafe { host_ptr(lin, e.host).cast::<$ty>().write_unaligned(value) };
@@ -126,7 +126,7 @@ macro_rules! seg_access {
             let s = &self.segs[seg as usize];
             if off < s.wend {
                 let lin = s.base.wrapping_add(off);
-                let e = &self.tlb.sets[(self.cpl == 3) as usize][tlb_index(lin)];
+                let e = self.tlb.current(lin);
                 // A write tag implies the read tag of the same page.
                 if e.wtag == tag_of(lin, $n) {
                     // SAFETY: a matching write tag: see `host_ptr`.
@@ -162,7 +162,7 @@ impl Cpu {
         let s = &self.segs[seg as usize];
         if off < s.wend {
             let lin = s.base.wrapping_add(off);
-            let e = &self.tlb.sets[(self.cpl == 3) as usize][tlb_index(lin)];
+            let e = self.tlb.current(lin);
             if e.wtag == tag_of(lin, n) {
                 return Some(host_ptr(lin, e.host));
             }

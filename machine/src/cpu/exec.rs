@@ -104,9 +104,9 @@ struct Block {
     /// good while `Tlb::epoch` keeps the value it was made under: the epoch
     /// moves at every TLB flush or fill, every drop of cached code
     /// (`decode_block`, `invalidate_code`, reset), at the start of every
-    /// chain (interrupts, faults and the caller may have changed CS) and
-    /// after every block that is not `linkable`. Only linkable blocks run to
-    /// their end follow or make links.
+    /// chain (interrupts, faults, the caller and the block that is not
+    /// `linkable`, which ends a chain, may have changed CS). Only linkable
+    /// blocks run to their end follow or make links.
     links: [Cell<Link>; 2],
     /// Every instruction but the last is IP-blind: the run loop skips the
     /// per-instruction IP bookkeeping (see `run_insns`).
@@ -176,8 +176,8 @@ impl Block {
 enum Chain {
     /// A block stopped early or faulted: back through the checks in `run`.
     Stop,
-    /// The block ran to its end; not null when the next block may be
-    /// linked to it (a cached block: see `CodeCache::retired`).
+    /// A linkable block ran to its end: the next block may be linked to
+    /// it (a cached block: see `CodeCache::retired`).
     Next(*const Block),
 }
 
@@ -569,6 +569,7 @@ impl Cpu {
             if self.icount >= end {
                 return RunExit::BudgetExhausted;
             }
+            debug_assert_eq!(self.tlb.user_off != 0, self.cpl == 3, "put_cpl keeps them");
             let single = self.irq_shadow || self.trace.is_some() || self.flags.test(flags::TF);
             let mut max = if single {
                 1
@@ -583,15 +584,16 @@ impl Cpu {
                 self.run_block(max);
             } else {
                 // Chain blocks while nothing needs looking at: a block
-                // that stops early (mode change, HLT, STI, fault...) or a
-                // raised signal goes back through the checks above.
-                // CS may have changed since the last chain: drop the links.
+                // that stops early (mode change, HLT, STI, fault...), one
+                // that is not linkable (it may have changed CS, CPL, the
+                // code size or TF) or a raised signal goes back through
+                // the checks above. CS may have changed since the last
+                // chain: drop the links.
                 self.tlb.epoch += 1;
                 let mut prev = std::ptr::null();
                 while let Chain::Next(p) = self.run_linked(max, prev)
                     && self.icount < end
                     && self.signals.load() == 0
-                    && !self.flags.test(flags::TF)
                 {
                     prev = p;
                     max = (end - self.icount).min(MAX_BLOCK as u64) as usize;
@@ -735,9 +737,7 @@ impl Cpu {
         if block.linkable {
             Chain::Next(block)
         } else {
-            // It may have changed CS, CPL or the code size.
-            self.tlb.epoch += 1;
-            Chain::Next(std::ptr::null())
+            Chain::Stop
         }
     }
 

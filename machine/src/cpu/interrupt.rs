@@ -249,7 +249,7 @@ impl Cpu {
             self.flags.set_control(flags::IF, false);
         }
         self.segs[Seg::CS as usize] = code.cache((sel & !3) | new_cpl as u16);
-        self.cpl = new_cpl;
+        self.put_cpl(new_cpl);
         self.update_mode();
         self.eip = off;
         self.next_eip = off;

@@ -242,7 +242,7 @@ impl Cpu {
         self.dr = [0; 8];
         self.dr[6] = 0xFFFF_0FF0;
         self.dr[7] = 0x0000_0400;
-        self.cpl = 0;
+        self.put_cpl(0);
         self.code32 = false;
         self.stack32 = false;
         self.sys.reset();
@@ -364,8 +364,15 @@ impl Cpu {
     }
     /// Sets CPL directly (loaders and tests that build protected-mode state by hand).
     pub fn set_cpl(&mut self, cpl: u8) {
-        self.cpl = cpl & 3;
+        self.put_cpl(cpl & 3);
         self.stop_block = true;
+    }
+
+    /// Sets CPL and points the TLB's fast paths at its set.
+    #[inline(always)]
+    pub(crate) fn put_cpl(&mut self, cpl: u8) {
+        self.cpl = cpl;
+        self.tlb.user_off = if cpl == 3 { paging::TLB_SIZE } else { 0 };
     }
     pub fn gdtr(&self) -> TableReg {
         self.gdtr
@@ -399,6 +406,7 @@ impl Cpu {
         let ss = &self.segs[Seg::SS as usize];
         if !self.protected_mode() {
             self.cpl = 0;
+            self.tlb.user_off = 0;
             self.code32 = cs.big();
             self.stack32 = ss.big();
             // Real mode checks limits but not types.
@@ -408,6 +416,7 @@ impl Cpu {
             }
         } else if self.v86_mode() {
             self.cpl = 3;
+            self.tlb.user_off = paging::TLB_SIZE;
             self.code32 = false;
             self.stack32 = false;
         } else {

@@ -47,6 +47,9 @@ const EMPTY: TlbEntry = TlbEntry {
 pub(crate) struct Tlb {
     /// `sets[user][index]`.
     pub sets: Box<[[TlbEntry; TLB_SIZE]; 2]>,
+    /// Where the current privilege's set starts in `sets` flattened: 0
+    /// (supervisor) or `TLB_SIZE` (CPL 3). `Cpu::put_cpl` keeps it.
+    pub user_off: usize,
     /// Indices filled since the last flush, so flushes touch only those.
     used: Vec<(u8, u16)>,
     /// Some entry filled since the last full flush came from a 4 MiB page.
@@ -66,10 +69,18 @@ impl Tlb {
     pub fn new() -> Self {
         Tlb {
             sets: Box::new([[EMPTY; TLB_SIZE]; 2]),
+            user_off: 0,
             used: Vec::with_capacity(256),
             has_large: false,
             epoch: 0,
         }
+    }
+
+    /// The entry for `lin` in the set of the current privilege.
+    #[inline(always)]
+    pub fn current(&self, lin: u32) -> &TlbEntry {
+        let i = (self.user_off | tlb_index(lin)) & (2 * TLB_SIZE - 1);
+        &self.sets.as_flattened()[i]
     }
 
     pub fn flush_all(&mut self) {

@@ -478,7 +478,7 @@ impl Cpu {
         self.set_desc_accessed(sel)?;
         let sel = (sel & !3) | cpl as u16;
         self.segs[Seg::CS as usize] = d.cache(sel);
-        self.cpl = cpl;
+        self.put_cpl(cpl);
         self.update_mode();
         Ok(())
     }

@@ -760,7 +760,7 @@ fn sysenter(cpu: &mut Cpu, _: &Insn) -> Result<()> {
         .set_control(flags::VM | flags::IF | flags::RF, false);
     cpu.segs[Seg::CS as usize] = flat_segment(cs, true, 0);
     cpu.segs[Seg::SS as usize] = flat_segment(cs.wrapping_add(8), false, 0);
-    cpu.cpl = 0;
+    cpu.put_cpl(0);
     cpu.regs[reg::ESP] = cpu.sys.sysenter_esp;
     cpu.next_eip = cpu.sys.sysenter_eip;
     cpu.update_mode();
@@ -777,7 +777,7 @@ fn sysexit(cpu: &mut Cpu, _: &Insn) -> Result<()> {
     }
     cpu.segs[Seg::CS as usize] = flat_segment(base.wrapping_add(16) | 3, true, 3);
     cpu.segs[Seg::SS as usize] = flat_segment(base.wrapping_add(24) | 3, false, 3);
-    cpu.cpl = 3;
+    cpu.put_cpl(3);
     cpu.regs[reg::ESP] = cpu.regs[reg::ECX];
     cpu.next_eip = cpu.regs[reg::EDX];
     cpu.update_mode();

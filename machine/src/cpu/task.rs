@@ -277,7 +277,7 @@ impl Cpu {
         }
         self.set_desc_accessed(cs)?;
         self.segs[Seg::CS as usize] = d.cache(cs);
-        self.cpl = rpl;
+        self.put_cpl(rpl);
 
         let ss = st.segs[Seg::SS as usize];
         self.segs[Seg::SS as usize] = self.check_stack_seg(ss, rpl, Fault::ts)?;

@@ -23,7 +23,6 @@ use iced_x86::Instruction;
 
 use super::exec::{Handler, Insn};
 use super::fault::{Fault, Result};
-use super::paging::tlb_index;
 use super::segment::rights;
 use super::{Cpu, Seg, cr0};
 use softfloat::F80;
@@ -318,7 +317,7 @@ impl Cpu {
     }
 
     fn peek_code(&self, lin: u32) -> Option<u8> {
-        let e = &self.tlb.sets[(self.cpl == 3) as usize][tlb_index(lin)];
+        let e = self.tlb.current(lin);
         if e.rtag != lin & !0xFFF {
             return None;
         }
