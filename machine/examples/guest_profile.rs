@@ -20,7 +20,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use machine::pc::{Firmware, Pc, PcConfig, PcExit};
+use machine::pc::{Firmware, FramebufferConfig, FramebufferMemory, Pc, PcConfig, PcExit};
 
 struct Tee(Arc<Mutex<Vec<u8>>>);
 
@@ -62,7 +62,12 @@ fn main() {
             initrd: Some(std::fs::read(initrd).expect("initrd")),
             cmdline: std::env::var("APPEND").unwrap_or("console=ttyS0 nokaslr".into()),
         },
-        framebuffer: None,
+        // `FB=1`: a 1024x768 framebuffer, as the worker gives every VM.
+        framebuffer: std::env::var_os("FB").map(|_| FramebufferConfig {
+            width: 1024,
+            height: 768,
+            memory: FramebufferMemory::Private,
+        }),
         serial: [Box::new(Tee(out.clone())), Box::new(std::io::sink())],
         debug_console: None,
         debug_exit: false,
