@@ -210,6 +210,10 @@ impl DirtyTiles {
     pub fn is_empty(&self) -> bool {
         self.rows.iter().all(|&r| r == 0)
     }
+    /// How many tiles are dirty.
+    pub fn count(&self) -> usize {
+        self.rows.iter().map(|r| r.count_ones() as usize).sum()
+    }
     /// The dirty tiles as (column, row).
     pub fn iter(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
         self.rows.iter().enumerate().flat_map(|(y, &row)| {

@@ -20,6 +20,8 @@ pub struct Control {
     pub counters: Arc<Counters>,
     /// Framebuffer frames committed.
     pub frames: Arc<AtomicU64>,
+    /// Input events delivered to the guest (the presenter's hint).
+    pub input: Arc<AtomicU64>,
     pub out: Outbox,
     pub exit: Sender<WorkerExit>,
     pub built: Instant,
@@ -68,10 +70,19 @@ impl Control {
                 self.handle.stop();
             }
             ToWorker::PowerButton => self.handle.power_button(),
-            ToWorker::Key(k) => self.handle.key_set2(&k.key.bytes(k.pressed)),
-            ToWorker::Pointer(p) => self.handle.pointer(p.dx, p.dy, p.dz, p.buttons),
+            ToWorker::Key(k) => {
+                self.input.fetch_add(1, Ordering::Relaxed);
+                self.handle.key_set2(&k.key.bytes(k.pressed))
+            }
+            ToWorker::Pointer(p) => {
+                self.input.fetch_add(1, Ordering::Relaxed);
+                self.handle.pointer(p.dx, p.dy, p.dz, p.buttons)
+            }
             ToWorker::SerialInput { port, bytes } => match port {
-                0 | 1 => self.handle.serial_input(port.into(), bytes.as_bytes()),
+                0 | 1 => {
+                    self.input.fetch_add(1, Ordering::Relaxed);
+                    self.handle.serial_input(port.into(), bytes.as_bytes())
+                }
                 _ => self.out.log(
                     LogLevel::Warn,
                     &format!("serial input for port {port}, which this VM lacks: dropped"),

@@ -271,25 +271,30 @@ pub fn run(choice: &SandboxChoice) -> Result<(), VmError> {
     }));
 
     let frames = Arc::new(AtomicU64::new(0));
+    let input = Arc::new(AtomicU64::new(0));
     let presenter = match writer {
         Some((writer, mode)) => {
             out.send(&FromWorker::VideoMode(mode));
             let stop = Arc::new((Mutex::new(false), Condvar::new()));
-            let p = Presenter::new(writer, frames.clone());
+            let p = Presenter::new(writer, frames.clone(), input.clone());
             let s = stop.clone();
             Some((stop, spawn("present", move || p.run(s))?))
         }
         None => None,
     };
-    if let Some(input) = serial_in {
+    if let Some(serial_input) = serial_in {
         let h = handle.clone();
-        spawn("serial-in", move || serial::read_into(input, h))?;
+        let events = input.clone();
+        spawn("serial-in", move || {
+            serial::read_into(serial_input, h, events)
+        })?;
     }
     let ctl = control::Control {
         handle: handle.clone(),
         flags: flags.clone(),
         counters,
         frames,
+        input,
         out: out.clone(),
         exit: exit_tx,
         built,

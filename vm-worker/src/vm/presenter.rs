@@ -25,6 +25,19 @@ pub const PERIOD: Duration = Duration::from_millis(33);
 pub const IDLE_PERIOD: Duration = Duration::from_millis(200);
 /// Unchanged periods (about a second) before slowing to [`IDLE_PERIOD`].
 pub const IDLE_AFTER: u32 = 30;
+/// A frame with at most this many dirty tiles and no input since the
+/// last one counts as unchanged for the period: a blinking text cursor
+/// (Linux's framebuffer console toggles it every 200 ms, one or two
+/// tiles) would otherwise keep an idle VM's screen at 30 compares a
+/// second. Input (keys, pointer, serial) makes the next frames fast
+/// again, so typing still echoes at [`PERIOD`].
+pub const SMALL_CHANGE: usize = 2;
+
+/// Whether a frame leaves the screen idle: nothing or a small change
+/// changed, and no input arrived since the previous frame.
+pub fn quiet(dirty: &DirtyTiles, input_since: bool) -> bool {
+    !input_since && dirty.count() <= SMALL_CHANGE
+}
 
 /// How long to wait before the next compare, after `unchanged` compares
 /// in a row found nothing new.
@@ -43,21 +56,28 @@ pub struct Presenter {
     copy: Vec<u32>,
     /// Frames committed (for stats).
     frames: Arc<AtomicU64>,
+    /// Host input events delivered to the guest (see [`quiet`]), and the
+    /// count the previous frame saw.
+    input: Arc<AtomicU64>,
+    input_seen: u64,
 }
 
 impl Presenter {
     /// The mode must already be set on `writer`.
-    pub fn new(writer: FbWriter, frames: Arc<AtomicU64>) -> Presenter {
+    pub fn new(writer: FbWriter, frames: Arc<AtomicU64>, input: Arc<AtomicU64>) -> Presenter {
         let copy = writer
             .pixel_words()
             .iter()
             .map(|w| w.load(Ordering::Relaxed))
             .collect();
         frames.store(writer.frame_counter(), Ordering::Relaxed);
+        let input_seen = input.load(Ordering::Relaxed);
         Presenter {
             writer,
             copy,
             frames,
+            input,
+            input_seen,
         }
     }
 
@@ -101,8 +121,9 @@ impl Presenter {
     }
 
     /// The presenter thread: presents every [`PERIOD`] (every
-    /// [`IDLE_PERIOD`] while the screen stays unchanged) until `stop` is
-    /// set, then once more so the last pixels drawn are published.
+    /// [`IDLE_PERIOD`] while the screen stays unchanged or [`quiet`])
+    /// until `stop` is set, then once more so the last pixels drawn are
+    /// published.
     pub fn run(mut self, stop: Arc<(Mutex<bool>, Condvar)>) {
         let (flag, cv) = &*stop;
         let mut unchanged = 0u32;
@@ -114,7 +135,10 @@ impl Presenter {
                 .0;
             if !*stopped {
                 drop(stopped);
-                unchanged = if self.present().is_empty() {
+                let dirty = self.present();
+                let input = self.input.load(Ordering::Relaxed);
+                let input_since = std::mem::replace(&mut self.input_seen, input) != input;
+                unchanged = if quiet(&dirty, input_since) {
                     unchanged.saturating_add(1)
                 } else {
                     0
@@ -132,6 +156,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_blinking_cursor_is_quiet_but_input_or_a_larger_change_is_not() {
+        let mut cursor = DirtyTiles::new();
+        cursor.mark(3, 7);
+        cursor.mark(4, 7);
+        assert!(quiet(&DirtyTiles::new(), false));
+        assert!(quiet(&cursor, false));
+        assert!(!quiet(&cursor, true), "typing echoes at the fast rate");
+        assert!(!quiet(&DirtyTiles::new(), true));
+        let mut scroll = cursor;
+        scroll.mark(5, 7);
+        assert!(!quiet(&scroll, false));
+        assert!(!quiet(&DirtyTiles::all(1024, 768), false));
+    }
+
+    #[test]
     fn an_unchanged_screen_is_compared_less_often_until_it_changes() {
         assert_eq!(period_after(0), PERIOD);
         assert_eq!(period_after(IDLE_AFTER - 1), PERIOD);
@@ -145,7 +184,7 @@ mod tests {
         let mut writer = FbWriter::new(&fd).unwrap();
         writer.set_mode(200, 100).unwrap();
         let frames = Arc::new(AtomicU64::new(0));
-        let mut p = Presenter::new(writer, frames.clone());
+        let mut p = Presenter::new(writer, frames.clone(), Arc::new(AtomicU64::new(0)));
         let before = frames.load(Ordering::Relaxed);
         assert!(p.present().is_empty());
         assert_eq!(frames.load(Ordering::Relaxed), before);

@@ -16,6 +16,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -130,7 +131,8 @@ impl Write for SerialSink {
 }
 
 /// The reader thread's loop: fd → COM1 until end of stream or an error.
-pub fn read_into(mut input: File, handle: PcHandle) {
+/// Counts what it delivers in `events` (the presenter's input hint).
+pub fn read_into(mut input: File, handle: PcHandle, events: Arc<AtomicU64>) {
     let mut buf = [0u8; CHUNK];
     loop {
         if handle.serial_backlog(0) > INPUT_BACKLOG {
@@ -139,7 +141,10 @@ pub fn read_into(mut input: File, handle: PcHandle) {
         }
         match input.read(&mut buf) {
             Ok(0) => return,
-            Ok(n) => handle.serial_input(0, &buf[..n]),
+            Ok(n) => {
+                events.fetch_add(1, Ordering::Relaxed);
+                handle.serial_input(0, &buf[..n])
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return,
         }
