@@ -230,10 +230,11 @@ pub(crate) struct CodeCache {
     code_bits: Vec<u64>,
     /// Direct-mapped front of `blocks`.
     fast: Box<[Option<Rc<Block>>]>,
-    /// Blocks dropped from the cache during the current `Cpu::run` call,
-    /// freed at the start of the next: a chain of blocks refers to the
-    /// block it runs and the one it came from by pointer (see
-    /// `run_linked`), and a write to their own code may drop them midway.
+    /// Blocks dropped from the cache during the current chain, freed
+    /// before the next one: a chain refers to the block it runs and the
+    /// one it came from by pointer (see `run_linked`), and a write to
+    /// their own code may drop them midway (the write also ends the
+    /// chain, so this holds at most one chain's worth).
     retired: Vec<Rc<Block>>,
 }
 
@@ -552,11 +553,11 @@ impl Cpu {
     /// Runs until `budget` instructions have retired or something stops the CPU.
     pub fn run(&mut self, budget: u64) -> RunExit {
         let end = self.icount.saturating_add(budget);
-        // No block runs between calls (see `CodeCache::retired`).
-        if !self.code.retired.is_empty() {
-            self.code.retired.clear();
-        }
         loop {
+            // No block runs between chains (see `CodeCache::retired`).
+            if !self.code.retired.is_empty() {
+                self.code.retired.clear();
+            }
             if let Some(r) = self.shutdown {
                 return RunExit::Shutdown(r);
             }
@@ -682,14 +683,14 @@ impl Cpu {
     /// to its end, may know the block at CS:EIP (see `Block::links`).
     /// Blocks are referred to by pointer here: `prev` and linked blocks
     /// are cached blocks, which `CodeCache::retired` keeps alive until the
-    /// end of this `run` call even when a write drops them from the cache.
+    /// chain ends even when a write drops them from the cache.
     #[inline(always)]
     fn run_linked(&mut self, max: usize, prev: *const Block) -> Chain {
         let epoch = self.tlb.epoch;
         let linked = if prev.is_null() {
             None
         } else {
-            // SAFETY: `prev` is a block cached during this `run` call.
+            // SAFETY: `prev` is a block cached during this chain.
             unsafe { (*prev).follow(self.eip, epoch) }
         };
         let held: Rc<Block>;
