@@ -1,0 +1,369 @@
+//! x86-64 code for one block, written with iced-x86's code assembler.
+//!
+//! Register use: `rbx` holds the `Cpu` pointer for the whole function
+//! (callee-saved, pushed in the prologue, which also aligns the stack for
+//! calls); `eax`, `ecx`, `edx` are scratch. Guest registers live in
+//! `cpu.regs` and are loaded and stored around each instruction.
+
+use std::mem::{offset_of, size_of};
+
+use iced_x86::code_asm::{
+    AsmMemoryOperand, CodeAssembler, CodeLabel, byte_ptr, dword_ptr, eax, ecx, edx, ptr, qword_ptr,
+    rax, rbx, rcx, rdi, rdx, rsi, word_ptr,
+};
+use iced_x86::{Code, Mnemonic, OpKind};
+
+use super::super::exec::Insn;
+use super::super::flags::{Flags, Lazy};
+use super::super::paging::{Tlb, TlbEntry};
+use super::super::{Cpu, SegCache, reg};
+use super::{ENDED, settle_cf, trampoline};
+
+const REGS: usize = offset_of!(Cpu, regs);
+const FLAGS: usize = offset_of!(Cpu, flags);
+const SEGS: usize = offset_of!(Cpu, segs);
+const TLB: usize = offset_of!(Cpu, tlb);
+
+/// A field of the CPU at byte offset `off`, as a memory operand.
+fn at(off: usize) -> AsmMemoryOperand {
+    rbx + off as i32
+}
+
+fn gpr(n: u8) -> AsmMemoryOperand {
+    dword_ptr(at(REGS + 4 * (n as usize & 7)))
+}
+
+fn flag(field: usize) -> AsmMemoryOperand {
+    dword_ptr(at(FLAGS + field))
+}
+
+type Asm = Result<(), iced_x86::IcedError>;
+
+/// The ALU operations compiled natively.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AluOp {
+    Add,
+    Sub,
+    Cmp,
+    And,
+    Or,
+    Xor,
+    Test,
+}
+
+/// Where an ALU instruction's second operand comes from.
+enum Src {
+    Reg(u8),
+    Imm(u32),
+    Mem,
+}
+
+pub(super) struct Emitter {
+    a: CodeAssembler,
+}
+
+impl Emitter {
+    /// Emits the code for `insns`; `None` when no instruction would run
+    /// natively (the trampolines alone gain nothing) or assembly fails.
+    pub fn new(insns: &[Insn]) -> Option<Self> {
+        let mut e = Emitter {
+            a: CodeAssembler::new(64).ok()?,
+        };
+        match e.block(insns) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(e),
+        }
+    }
+
+    /// The machine code for address `ip`.
+    pub fn assemble(&mut self, ip: u64) -> Option<Vec<u8>> {
+        self.a.assemble(ip).ok()
+    }
+
+    /// Emits the whole function; returns the number of native instructions.
+    fn block(&mut self, insns: &[Insn]) -> Result<usize, iced_x86::IcedError> {
+        let mut exit = self.a.create_label();
+        let mut ended = self.a.create_label();
+        let mut bails: Vec<(CodeLabel, usize)> = Vec::new();
+        let mut native = 0;
+        self.a.push(rbx)?;
+        self.a.mov(rbx, rdi)?;
+        for (k, d) in insns.iter().enumerate() {
+            let bail = self.a.create_label();
+            match self.native(d, bail)? {
+                Some(true) => {
+                    native += 1;
+                    bails.push((bail, k));
+                }
+                Some(false) => native += 1,
+                None => self.call_handler(d, k, ended)?,
+            }
+        }
+        self.a.mov(eax, insns.len() as u32)?;
+        self.a.set_label(&mut exit)?;
+        self.a.pop(rbx)?;
+        self.a.ret()?;
+        self.a.set_label(&mut ended)?;
+        self.a.mov(eax, ENDED)?;
+        self.a.jmp(exit)?;
+        for (mut l, k) in bails {
+            self.a.set_label(&mut l)?;
+            self.a.mov(eax, k as u32)?;
+            self.a.jmp(exit)?;
+        }
+        Ok(native)
+    }
+
+    /// Calls `trampoline(cpu, d, k)`; a non-zero result ends the block.
+    fn call_handler(&mut self, d: &Insn, k: usize, ended: CodeLabel) -> Asm {
+        let a = &mut self.a;
+        a.mov(rdi, rbx)?;
+        a.mov(rsi, d as *const Insn as u64)?;
+        a.mov(edx, k as u32)?;
+        a.mov(rax, trampoline as *const () as u64)?;
+        a.call(rax)?;
+        a.test(eax, eax)?;
+        a.jne(ended)
+    }
+
+    /// Emits `d` natively when it is in the subset: `Some(uses_bail)`, or
+    /// `None` (nothing emitted) for the trampoline.
+    fn native(&mut self, d: &Insn, bail: CodeLabel) -> Result<Option<bool>, iced_x86::IcedError> {
+        let i = &d.i;
+        if !d.ip_blind || i.has_lock_prefix() {
+            return Ok(None);
+        }
+        let n = i.op_count();
+        let is_gpr32 =
+            |op: u32| op < n && i.op_kind(op) == OpKind::Register && i.op_register(op).is_gpr32();
+        let is_mem = |op: u32, bytes: usize| {
+            op < n
+                && i.op_kind(op) == OpKind::Memory
+                && d.amask == u32::MAX
+                && i.memory_size().size() == bytes
+        };
+        let is_imm = |op: u32| {
+            op < n && matches!(i.op_kind(op), OpKind::Immediate32 | OpKind::Immediate8to32)
+        };
+        let op = match i.mnemonic() {
+            Mnemonic::Add => AluOp::Add,
+            Mnemonic::Sub => AluOp::Sub,
+            Mnemonic::Cmp => AluOp::Cmp,
+            Mnemonic::And => AluOp::And,
+            Mnemonic::Or => AluOp::Or,
+            Mnemonic::Xor => AluOp::Xor,
+            Mnemonic::Test => AluOp::Test,
+            Mnemonic::Mov => {
+                if is_gpr32(0) && is_gpr32(1) {
+                    self.a.mov(eax, gpr(d.r1))?;
+                    self.a.mov(gpr(d.r0), eax)?;
+                    return Ok(Some(false));
+                }
+                if is_gpr32(0) && is_imm(1) {
+                    self.a.mov(gpr(d.r0), d.imm)?;
+                    return Ok(Some(false));
+                }
+                if is_gpr32(0) && is_mem(1, 4) {
+                    self.host_addr(d, 4, false, bail)?;
+                    self.a.mov(eax, dword_ptr(rcx))?;
+                    self.a.mov(gpr(d.r0), eax)?;
+                    return Ok(Some(true));
+                }
+                if is_mem(0, 4) && (is_gpr32(1) || is_imm(1)) {
+                    self.host_addr(d, 4, true, bail)?;
+                    if is_imm(1) {
+                        self.a.mov(dword_ptr(rcx), d.imm)?;
+                    } else {
+                        self.a.mov(eax, gpr(d.r1))?;
+                        self.a.mov(dword_ptr(rcx), eax)?;
+                    }
+                    return Ok(Some(true));
+                }
+                return Ok(None);
+            }
+            Mnemonic::Lea if i.code() == Code::Lea_r32_m && d.amask == u32::MAX => {
+                self.ea(d)?;
+                self.a.mov(gpr(d.r0), eax)?;
+                return Ok(Some(false));
+            }
+            Mnemonic::Movzx | Mnemonic::Movsx if is_gpr32(0) => {
+                let sx = i.mnemonic() == Mnemonic::Movsx;
+                let mem = i.op1_kind() == OpKind::Memory;
+                let bytes = if mem {
+                    i.memory_size().size()
+                } else {
+                    i.op1_register().size()
+                };
+                if mem && !is_mem(1, bytes) {
+                    return Ok(None);
+                }
+                let src = if mem {
+                    self.host_addr(d, bytes as u32, false, bail)?;
+                    rcx + 0
+                } else if bytes == 1 {
+                    // AL..BL are the low bytes of EAX..EBX, AH..BH the next.
+                    at(REGS + 4 * (d.r1 as usize & 3) + ((d.r1 as usize >> 2) & 1))
+                } else {
+                    at(REGS + 4 * (d.r1 as usize & 7))
+                };
+                match (bytes, sx) {
+                    (1, false) => self.a.movzx(eax, byte_ptr(src))?,
+                    (1, true) => self.a.movsx(eax, byte_ptr(src))?,
+                    (2, false) => self.a.movzx(eax, word_ptr(src))?,
+                    (2, true) => self.a.movsx(eax, word_ptr(src))?,
+                    _ => return Ok(None),
+                }
+                self.a.mov(gpr(d.r0), eax)?;
+                return Ok(Some(mem));
+            }
+            Mnemonic::Inc | Mnemonic::Dec if is_gpr32(0) => {
+                self.inc_dec(d, i.mnemonic() == Mnemonic::Dec)?;
+                return Ok(Some(false));
+            }
+            _ => return Ok(None),
+        };
+        if !is_gpr32(0) {
+            return Ok(None);
+        }
+        let src = if is_gpr32(1) {
+            Src::Reg(d.r1)
+        } else if is_imm(1) {
+            Src::Imm(d.imm)
+        } else if is_mem(1, 4) {
+            Src::Mem
+        } else {
+            return Ok(None);
+        };
+        let mem = matches!(src, Src::Mem);
+        self.alu(d, op, src, bail)?;
+        Ok(Some(mem))
+    }
+
+    /// `r0 = r0 OP src` at 32 bits, recording the flags as `alu::<OP, 4>` does.
+    fn alu(&mut self, d: &Insn, op: AluOp, src: Src, bail: CodeLabel) -> Asm {
+        // b in eax, a in ecx (the memory operand first: it may bail).
+        match src {
+            Src::Mem => {
+                self.host_addr(d, 4, false, bail)?;
+                self.a.mov(eax, dword_ptr(rcx))?;
+            }
+            Src::Reg(r) => self.a.mov(eax, gpr(r))?,
+            Src::Imm(v) => self.a.mov(eax, v)?,
+        }
+        let a = &mut self.a;
+        a.mov(ecx, gpr(d.r0))?;
+        let lazy = match op {
+            AluOp::Add | AluOp::Sub | AluOp::Cmp => {
+                a.mov(flag(offset_of!(Flags, a)), ecx)?;
+                a.mov(flag(offset_of!(Flags, b)), eax)?;
+                if op == AluOp::Add {
+                    a.add(ecx, eax)?;
+                    Lazy::Add
+                } else {
+                    a.sub(ecx, eax)?;
+                    Lazy::Sub
+                }
+            }
+            _ => {
+                a.mov(flag(offset_of!(Flags, a)), 0u32)?;
+                a.mov(flag(offset_of!(Flags, b)), 0u32)?;
+                match op {
+                    AluOp::Or => a.or(ecx, eax)?,
+                    AluOp::Xor => a.xor(ecx, eax)?,
+                    _ => a.and(ecx, eax)?,
+                }
+                Lazy::Logic
+            }
+        };
+        a.mov(flag(offset_of!(Flags, res)), ecx)?;
+        a.mov(flag(offset_of!(Flags, sign)), 0x8000_0000u32)?;
+        a.mov(byte_ptr(at(FLAGS + offset_of!(Flags, lazy))), lazy as u32)?;
+        if !matches!(op, AluOp::Cmp | AluOp::Test) {
+            a.mov(gpr(d.r0), ecx)?;
+        }
+        Ok(())
+    }
+
+    /// INC r32 / DEC r32, as `Flags::inc_dec` records them.
+    fn inc_dec(&mut self, d: &Insn, dec: bool) -> Asm {
+        let a = &mut self.a;
+        let mut keep = a.create_label();
+        a.movzx(eax, byte_ptr(at(FLAGS + offset_of!(Flags, lazy))))?;
+        for kept in [Lazy::None, Lazy::Inc, Lazy::Dec] {
+            a.cmp(eax, kept as u32)?;
+            a.je(keep)?;
+        }
+        a.mov(rdi, rbx)?;
+        a.mov(rax, settle_cf as *const () as u64)?;
+        a.call(rax)?;
+        a.set_label(&mut keep)?;
+        a.mov(ecx, gpr(d.r0))?;
+        a.mov(flag(offset_of!(Flags, a)), ecx)?;
+        a.mov(flag(offset_of!(Flags, b)), 1u32)?;
+        if dec {
+            a.sub(ecx, 1)?;
+        } else {
+            a.add(ecx, 1)?;
+        }
+        a.mov(flag(offset_of!(Flags, res)), ecx)?;
+        a.mov(flag(offset_of!(Flags, sign)), 0x8000_0000u32)?;
+        let lazy = if dec { Lazy::Dec } else { Lazy::Inc };
+        a.mov(byte_ptr(at(FLAGS + offset_of!(Flags, lazy))), lazy as u32)?;
+        a.mov(gpr(d.r0), ecx)
+    }
+
+    /// The effective address (32-bit addressing) into `eax`; clobbers `ecx`.
+    fn ea(&mut self, d: &Insn) -> Asm {
+        let a = &mut self.a;
+        a.mov(eax, d.disp)?;
+        if d.base as usize != reg::ZERO {
+            a.add(eax, gpr(d.base))?;
+        }
+        if d.index as usize != reg::ZERO {
+            a.mov(ecx, gpr(d.index))?;
+            if d.scale != 0 {
+                a.shl(ecx, (d.scale & 31) as u32)?;
+            }
+            a.add(eax, ecx)?;
+        }
+        Ok(())
+    }
+
+    /// The host address of the memory operand into `rcx`, through the
+    /// same fast path as `read_fast_u32`/`write_fast_u32`: segment bound,
+    /// then the TLB entry's read or write tag. Jumps to `bail` when the
+    /// fast path does not apply. Clobbers `eax`, `edx`.
+    fn host_addr(&mut self, d: &Insn, bytes: u32, write: bool, bail: CodeLabel) -> Asm {
+        self.ea(d)?;
+        let a = &mut self.a;
+        let seg = SEGS + d.seg as usize * size_of::<SegCache>();
+        let end = if write {
+            offset_of!(SegCache, wend)
+        } else {
+            offset_of!(SegCache, rend)
+        };
+        a.cmp(eax, dword_ptr(at(seg + end)))?;
+        a.jae(bail)?;
+        a.add(eax, dword_ptr(at(seg + offset_of!(SegCache, base))))?;
+        // Entry = sets + ((user_off | (lin >> 12) & 1023) * size).
+        a.mov(edx, eax)?;
+        a.shr(edx, 12)?;
+        a.and(edx, (super::super::paging::TLB_SIZE - 1) as u32)?;
+        a.or(rdx, qword_ptr(at(TLB + offset_of!(Tlb, user_off))))?;
+        a.shl(rdx, size_of::<TlbEntry>().trailing_zeros())?;
+        a.add(rdx, qword_ptr(at(TLB + offset_of!(Tlb, sets))))?;
+        a.lea(ecx, ptr(rax + (bytes as i32 - 1)))?;
+        a.and(ecx, !0xFFFu32)?;
+        let tag = if write {
+            offset_of!(TlbEntry, wtag)
+        } else {
+            offset_of!(TlbEntry, rtag)
+        };
+        a.cmp(ecx, dword_ptr(rdx + tag as i32))?;
+        a.jne(bail)?;
+        a.mov(rcx, qword_ptr(rdx + offset_of!(TlbEntry, host) as i32))?;
+        a.add(rcx, rax)
+    }
+}
+
+const _: () = assert!(size_of::<TlbEntry>().is_power_of_two());
