@@ -293,6 +293,12 @@ impl Cpu {
         self.jit.threshold = runs;
     }
 
+    /// Blocks the JIT has compiled.
+    #[doc(hidden)]
+    pub fn jit_compiled_blocks(&self) -> u64 {
+        self.jit.compiled
+    }
+
     /// Instructions retired since power-on.
     pub fn instruction_count(&self) -> u64 {
         self.icount

@@ -42,6 +42,8 @@ pub(crate) struct Jit {
     pub threshold: u32,
     /// Moves when the region is recycled: code of another generation is stale.
     pub generation: u32,
+    /// Blocks compiled so far (tests and tools).
+    pub compiled: u64,
     mem: Option<ExecMem>,
 }
 
@@ -51,6 +53,7 @@ impl Default for Jit {
             on: false,
             threshold: DEFAULT_THRESHOLD,
             generation: 0,
+            compiled: 0,
             mem: None,
         }
     }
@@ -85,6 +88,7 @@ impl Jit {
         // SAFETY: `f` points at the function just written, which follows
         // the C ABI with one pointer argument and a u32 result (emit.rs).
         let f: JitFn = unsafe { std::mem::transmute::<*const u8, JitFn>(f) };
+        self.compiled += 1;
         Some((f, self.generation))
     }
 }

@@ -12,6 +12,7 @@ pub(crate) struct Jit {
     pub on: bool,
     pub threshold: u32,
     pub generation: u32,
+    pub compiled: u64,
 }
 
 impl Jit {
