@@ -16,13 +16,14 @@ use iced_x86::{Code, Mnemonic, OpKind};
 use super::super::exec::Insn;
 use super::super::flags::{Flags, Lazy};
 use super::super::paging::{Tlb, TlbEntry};
-use super::super::{Cpu, SegCache, reg};
+use super::super::{Cpu, Seg, SegCache, reg};
 use super::{ENDED, settle_cf, trampoline};
 
 const REGS: usize = offset_of!(Cpu, regs);
 const FLAGS: usize = offset_of!(Cpu, flags);
 const SEGS: usize = offset_of!(Cpu, segs);
 const TLB: usize = offset_of!(Cpu, tlb);
+const STACK32: usize = offset_of!(Cpu, stack32);
 
 /// A field of the CPU at byte offset `off`, as a memory operand.
 fn at(off: usize) -> AsmMemoryOperand {
@@ -216,6 +217,29 @@ impl Emitter {
                 self.a.mov(gpr(d.r0), eax)?;
                 return Ok(Some(mem));
             }
+            Mnemonic::Push if i.code() == Code::Push_r32 => {
+                // As `push_r32`'s fast path; a 16-bit stack takes the slow one.
+                self.a.cmp(byte_ptr(at(STACK32)), 0)?;
+                self.a.je(bail)?;
+                self.a.mov(eax, gpr(reg::ESP as u8))?;
+                self.a.sub(eax, 4)?;
+                self.host_at(Seg::SS, 4, true, bail)?;
+                self.a.mov(edx, gpr(d.r0))?;
+                self.a.mov(dword_ptr(rcx), edx)?;
+                self.a.sub(gpr(reg::ESP as u8), 4)?;
+                return Ok(Some(true));
+            }
+            Mnemonic::Pop if i.code() == Code::Pop_r32 => {
+                self.a.cmp(byte_ptr(at(STACK32)), 0)?;
+                self.a.je(bail)?;
+                self.a.mov(eax, gpr(reg::ESP as u8))?;
+                self.host_at(Seg::SS, 4, false, bail)?;
+                self.a.mov(edx, dword_ptr(rcx))?;
+                // ESP first: POP ESP loads ESP with the popped value.
+                self.a.add(gpr(reg::ESP as u8), 4)?;
+                self.a.mov(gpr(d.r0), edx)?;
+                return Ok(Some(true));
+            }
             Mnemonic::Inc | Mnemonic::Dec if is_gpr32(0) => {
                 self.inc_dec(d, i.mnemonic() == Mnemonic::Dec)?;
                 return Ok(Some(false));
@@ -335,8 +359,13 @@ impl Emitter {
     /// fast path does not apply. Clobbers `eax`, `edx`.
     fn host_addr(&mut self, d: &Insn, bytes: u32, write: bool, bail: CodeLabel) -> Asm {
         self.ea(d)?;
+        self.host_at(d.seg, bytes, write, bail)
+    }
+
+    /// `host_addr` for the offset in `eax` within segment `seg`.
+    fn host_at(&mut self, seg: Seg, bytes: u32, write: bool, bail: CodeLabel) -> Asm {
         let a = &mut self.a;
-        let seg = SEGS + d.seg as usize * size_of::<SegCache>();
+        let seg = SEGS + seg as usize * size_of::<SegCache>();
         let end = if write {
             offset_of!(SegCache, wend)
         } else {

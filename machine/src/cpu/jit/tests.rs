@@ -109,6 +109,10 @@ fn native_mix(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.sbb(edx, ebx)?;
     a.add(dword_ptr(esi), ebx)?;
     a.mov(dword_ptr(esi + 4), 7)?;
+    a.push(eax)?;
+    a.push(esp)?;
+    a.pop(edx)?;
+    a.pop(edi)?;
     a.dec(ecx)?;
     a.jnz(top)
 }
@@ -195,4 +199,21 @@ fn self_modifying_code_runs_its_new_instructions() {
         1000,
     );
     assert_eq!(cpu.gpr(reg::EBX), (1..=50).sum::<u32>());
+}
+
+/// PUSH/POP r32 on a 16-bit stack leave the compiled code for the slow path.
+#[test]
+fn push_and_pop_on_a_16_bit_stack_take_the_interpreters_path() {
+    same_as_interpreter(
+        false,
+        |a| {
+            a.mov(eax, 0x1234_5678)?;
+            a.push(eax)?;
+            a.push(esp)?;
+            a.pop(ebx)?;
+            a.pop(ecx)?;
+            a.add(ecx, ebx)
+        },
+        1000,
+    );
 }
