@@ -24,6 +24,7 @@ const FLAGS: usize = offset_of!(Cpu, flags);
 const SEGS: usize = offset_of!(Cpu, segs);
 const TLB: usize = offset_of!(Cpu, tlb);
 const STACK32: usize = offset_of!(Cpu, stack32);
+const NEXT_EIP: usize = offset_of!(Cpu, next_eip);
 
 /// A field of the CPU at byte offset `off`, as a memory operand.
 fn at(off: usize) -> AsmMemoryOperand {
@@ -91,6 +92,10 @@ impl Emitter {
         self.a.mov(rbx, rdi)?;
         for (k, d) in insns.iter().enumerate() {
             let bail = self.a.create_label();
+            if self.branch(d, k, ended)? {
+                native += 1;
+                continue;
+            }
             match self.native(d, bail)? {
                 Some(true) => {
                     native += 1;
@@ -125,6 +130,152 @@ impl Emitter {
         a.call(rax)?;
         a.test(eax, eax)?;
         a.jne(ended)
+    }
+
+    /// Near branches with 32-bit operand size (Jcc, JMP, CALL rel32, RET):
+    /// a fast path that writes `next_eip` as the handler would, and the
+    /// handler through the trampoline for everything the fast path does
+    /// not cover (lazy flags it cannot replay, a target past the CS
+    /// limit, a 16-bit stack, a TLB miss). Returns false (nothing
+    /// emitted) for other instructions.
+    fn branch(
+        &mut self,
+        d: &Insn,
+        k: usize,
+        ended: CodeLabel,
+    ) -> Result<bool, iced_x86::IcedError> {
+        let i = &d.i;
+        let cs_hi = at(SEGS + Seg::CS as usize * size_of::<SegCache>() + offset_of!(SegCache, hi));
+        let next_eip = dword_ptr(at(NEXT_EIP));
+        let esp = gpr(reg::ESP as u8);
+        let mut slow = self.a.create_label();
+        let mut done = self.a.create_label();
+        match i.code() {
+            Code::Jmp_rel8_32 | Code::Jmp_rel32_32 => {
+                let target = i.near_branch32();
+                self.a.cmp(dword_ptr(cs_hi), target)?;
+                self.a.jb(slow)?;
+                self.a.mov(next_eip, target)?;
+                self.a.jmp(done)?;
+            }
+            Code::Call_rel32_32 => {
+                let target = i.near_branch32();
+                self.a.cmp(dword_ptr(cs_hi), target)?;
+                self.a.jb(slow)?;
+                self.a.cmp(byte_ptr(at(STACK32)), 0)?;
+                self.a.je(slow)?;
+                self.a.mov(eax, esp)?;
+                self.a.sub(eax, 4)?;
+                self.host_at(Seg::SS, 4, true, slow)?;
+                self.a.mov(dword_ptr(rcx), d.next_ip)?;
+                self.a.sub(esp, 4)?;
+                self.a.mov(next_eip, target)?;
+                self.a.jmp(done)?;
+            }
+            Code::Retnd => {
+                self.a.cmp(byte_ptr(at(STACK32)), 0)?;
+                self.a.je(slow)?;
+                self.a.mov(eax, esp)?;
+                self.host_at(Seg::SS, 4, false, slow)?;
+                self.a.mov(eax, dword_ptr(rcx))?;
+                self.a.cmp(eax, dword_ptr(cs_hi))?;
+                self.a.ja(slow)?;
+                self.a.mov(next_eip, eax)?;
+                self.a.add(esp, 4)?;
+                self.a.jmp(done)?;
+            }
+            _ if i.is_jcc_short_or_near() && matches!(i.op0_kind(), OpKind::NearBranch32) => {
+                let cc = i.condition_code() as u32 - 1;
+                let target = i.near_branch32();
+                self.replay_flags(cc, slow)?;
+                let mut taken = self.a.create_label();
+                self.jcc(cc, taken)?;
+                self.a.mov(next_eip, d.next_ip)?;
+                self.a.jmp(done)?;
+                self.a.set_label(&mut taken)?;
+                self.a.cmp(dword_ptr(cs_hi), target)?;
+                self.a.jb(slow)?;
+                self.a.mov(next_eip, target)?;
+                self.a.jmp(done)?;
+            }
+            _ => return Ok(false),
+        }
+        self.a.set_label(&mut slow)?;
+        self.call_handler(d, k, ended)?;
+        self.a.set_label(&mut done)?;
+        // `done` needs an instruction of its own.
+        self.a.nop()?;
+        Ok(true)
+    }
+
+    /// Sets the host flags to what the pending lazy flags stand for, for
+    /// condition `cc`, by replaying the recorded 32-bit operation; jumps
+    /// to `slow` when it cannot.
+    fn replay_flags(&mut self, cc: u32, slow: CodeLabel) -> Asm {
+        let a = &mut self.a;
+        let mut not_sub = a.create_label();
+        let mut not_logic = a.create_label();
+        let mut not_add = a.create_label();
+        let mut ready = a.create_label();
+        a.cmp(flag(offset_of!(Flags, sign)), 0x8000_0000u32)?;
+        a.jne(slow)?;
+        a.movzx(eax, byte_ptr(at(FLAGS + offset_of!(Flags, lazy))))?;
+        a.mov(ecx, flag(offset_of!(Flags, a)))?;
+        a.cmp(eax, Lazy::Sub as u32)?;
+        a.jne(not_sub)?;
+        a.cmp(ecx, flag(offset_of!(Flags, b)))?;
+        a.jmp(ready)?;
+        a.set_label(&mut not_sub)?;
+        a.cmp(eax, Lazy::Logic as u32)?;
+        a.jne(not_logic)?;
+        a.mov(ecx, flag(offset_of!(Flags, res)))?;
+        a.test(ecx, ecx)?;
+        a.jmp(ready)?;
+        a.set_label(&mut not_logic)?;
+        a.cmp(eax, Lazy::Add as u32)?;
+        a.jne(not_add)?;
+        a.add(ecx, flag(offset_of!(Flags, b)))?;
+        a.jmp(ready)?;
+        a.set_label(&mut not_add)?;
+        // INC/DEC keep CF in `bits`: replayed only for conditions without CF.
+        if matches!(cc >> 1, 1 | 3) {
+            a.jmp(slow)?;
+        } else {
+            let mut not_inc = a.create_label();
+            a.cmp(eax, Lazy::Inc as u32)?;
+            a.jne(not_inc)?;
+            a.inc(ecx)?;
+            a.jmp(ready)?;
+            a.set_label(&mut not_inc)?;
+            a.cmp(eax, Lazy::Dec as u32)?;
+            a.jne(slow)?;
+            a.dec(ecx)?;
+        }
+        a.set_label(&mut ready)?;
+        a.nop()
+    }
+
+    /// `j<cc> l` for condition number `cc` (the encoding's low nibble).
+    fn jcc(&mut self, cc: u32, l: CodeLabel) -> Asm {
+        let a = &mut self.a;
+        match cc {
+            0 => a.jo(l),
+            1 => a.jno(l),
+            2 => a.jb(l),
+            3 => a.jae(l),
+            4 => a.je(l),
+            5 => a.jne(l),
+            6 => a.jbe(l),
+            7 => a.ja(l),
+            8 => a.js(l),
+            9 => a.jns(l),
+            10 => a.jp(l),
+            11 => a.jnp(l),
+            12 => a.jl(l),
+            13 => a.jge(l),
+            14 => a.jle(l),
+            _ => a.jg(l),
+        }
     }
 
     /// Emits `d` natively when it is in the subset: `Some(uses_bail)`, or

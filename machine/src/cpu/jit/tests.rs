@@ -15,7 +15,7 @@ const DE_HANDLER: u32 = 0x2000;
 type Build = fn(&mut CodeAssembler) -> Result<(), IcedError>;
 
 /// A CPU with `code` at CODE: flat 32-bit protected mode (no paging, no
-/// IDT) or real mode with #DE vectored to a HLT at DE_HANDLER.
+/// IDT) or real mode with every exception vectored to a HLT at DE_HANDLER.
 fn machine(code32: bool, build: Build, jit: bool) -> Cpu {
     let mut cpu = Cpu::new(PhysMemory::new(1 << 20).unwrap(), Box::new(NullBus));
     if code32 {
@@ -26,7 +26,9 @@ fn machine(code32: bool, build: Build, jit: bool) -> Cpu {
         }
     } else {
         cpu.set_seg_cache(Seg::CS, SegCache::real_mode(0));
-        cpu.write_phys_bytes(0, &DE_HANDLER.to_le_bytes());
+        for v in 0..32 {
+            cpu.write_phys_bytes(v * 4, &DE_HANDLER.to_le_bytes());
+        }
         cpu.write_phys_bytes(DE_HANDLER, &[0xF4]);
     }
     cpu.set_gpr(reg::ESP, 0x8000);
@@ -213,6 +215,79 @@ fn push_and_pop_on_a_16_bit_stack_take_the_interpreters_path() {
             a.pop(ebx)?;
             a.pop(ecx)?;
             a.add(ecx, ebx)
+        },
+        1000,
+    );
+}
+
+/// Jcc after every lazy kind (replayed or not), JMP, CALL and RET.
+#[test]
+fn compiled_branches_leave_the_interpreters_state() {
+    same_as_interpreter(
+        true,
+        |a| {
+            let mut top = a.create_label();
+            let mut func = a.create_label();
+            let mut skip = [(); 8].map(|_| a.create_label());
+            let mut out = a.create_label();
+            a.mov(ecx, 200)?;
+            a.set_label(&mut top)?;
+            a.mov(eax, ecx)?;
+            a.imul_3(eax, eax, 0x9E37_79B9u32 as i32)?;
+            a.cmp(eax, 0x8000_0000u32 as i32)?;
+            a.jb(skip[0])?;
+            a.inc(ebx)?;
+            a.set_label(&mut skip[0])?;
+            a.test(eax, 0x10)?;
+            a.jnz(skip[1])?;
+            a.add(esi, 3)?;
+            a.set_label(&mut skip[1])?;
+            a.add(eax, eax)?;
+            a.jc(skip[2])?;
+            a.inc(edi)?;
+            a.set_label(&mut skip[2])?;
+            a.inc(eax)?;
+            a.jle(skip[3])?;
+            a.dec(edi)?;
+            a.set_label(&mut skip[3])?;
+            a.dec(eax)?;
+            a.jb(skip[4])?;
+            a.add(ebp, 1)?;
+            a.set_label(&mut skip[4])?;
+            a.shl(eax, 1)?;
+            a.jo(skip[5])?;
+            a.add(ebp, 2)?;
+            a.set_label(&mut skip[5])?;
+            a.sub(eax, ecx)?;
+            a.jg(skip[6])?;
+            a.call(func)?;
+            a.set_label(&mut skip[6])?;
+            a.jmp(skip[7])?;
+            a.set_label(&mut skip[7])?;
+            a.dec(ecx)?;
+            a.jnz(top)?;
+            a.jmp(out)?;
+            a.set_label(&mut func)?;
+            a.add(edx, eax)?;
+            a.ret()?;
+            a.set_label(&mut out)?;
+            a.nop()
+        },
+        1000,
+    );
+}
+
+/// A JMP past the CS limit raises #GP from the compiled block, with EIP
+/// at the JMP and the instructions before it counted.
+#[test]
+fn a_jump_past_the_cs_limit_faults_like_the_interpreter() {
+    same_as_interpreter(
+        false,
+        |a| {
+            a.mov(eax, 1)?;
+            a.add(eax, eax)?;
+            a.db(&[0x66, 0xE9])?;
+            a.dd(&[0x0010_0000])
         },
         1000,
     );
