@@ -8,8 +8,8 @@
 use std::mem::{offset_of, size_of};
 
 use iced_x86::code_asm::{
-    AsmMemoryOperand, CodeAssembler, CodeLabel, byte_ptr, dword_ptr, eax, ecx, edx, ptr, qword_ptr,
-    rax, rbx, rcx, rdi, rdx, rsi, word_ptr,
+    AsmMemoryOperand, AsmRegister32, CodeAssembler, CodeLabel, byte_ptr, dl, dword_ptr, eax, ecx,
+    edx, ptr, qword_ptr, rax, rbx, rcx, rdi, rdx, rsi, word_ptr,
 };
 use iced_x86::{Code, Mnemonic, OpKind};
 
@@ -92,7 +92,7 @@ impl Emitter {
         self.a.mov(rbx, rdi)?;
         for (k, d) in insns.iter().enumerate() {
             let bail = self.a.create_label();
-            if self.branch(d, k, ended)? {
+            if self.branch(d, k, ended)? || self.conditional(d, k, ended)? {
                 native += 1;
                 continue;
             }
@@ -391,6 +391,32 @@ impl Emitter {
                 self.a.mov(gpr(d.r0), edx)?;
                 return Ok(Some(true));
             }
+            Mnemonic::Imul if n >= 2 && is_gpr32(0) && (is_gpr32(1) || is_mem(1, 4)) => {
+                // As `imul_trunc::<4>`: CF = OF = the product overflowed.
+                let mem = !is_gpr32(1);
+                if mem {
+                    self.host_addr(d, 4, false, bail)?;
+                    self.a.mov(eax, dword_ptr(rcx))?;
+                } else {
+                    self.a.mov(eax, gpr(d.r1))?;
+                }
+                if n == 3 {
+                    self.a.imul_3(ecx, eax, d.imm as i32)?;
+                } else {
+                    self.a.mov(ecx, gpr(d.r0))?;
+                    self.a.imul_2(ecx, eax)?;
+                }
+                self.a.seto(dl)?;
+                self.a.movzx(edx, dl)?;
+                self.carry_overflow(d, edx_cf_of())?;
+                return Ok(Some(mem));
+            }
+            Mnemonic::Shl | Mnemonic::Sal | Mnemonic::Shr | Mnemonic::Sar
+                if is_gpr32(0) && i.op1_kind() == OpKind::Immediate8 =>
+            {
+                self.shift(d, i.mnemonic())?;
+                return Ok(Some(false));
+            }
             Mnemonic::Inc | Mnemonic::Dec if is_gpr32(0) => {
                 self.inc_dec(d, i.mnemonic() == Mnemonic::Dec)?;
                 return Ok(Some(false));
@@ -457,6 +483,147 @@ impl Emitter {
             a.mov(gpr(d.r0), ecx)?;
         }
         Ok(())
+    }
+
+    /// Records `ecx` as the result with CF and OF (0 or 1) from the
+    /// given registers, as `Flags::carry_overflow` at 32 bits, and stores
+    /// it in r0.
+    fn carry_overflow(&mut self, d: &Insn, (cf, of): (AsmRegister32, AsmRegister32)) -> Asm {
+        let a = &mut self.a;
+        a.mov(flag(offset_of!(Flags, a)), cf)?;
+        a.mov(flag(offset_of!(Flags, b)), of)?;
+        a.mov(flag(offset_of!(Flags, res)), ecx)?;
+        a.mov(flag(offset_of!(Flags, sign)), 0x8000_0000u32)?;
+        a.mov(
+            byte_ptr(at(FLAGS + offset_of!(Flags, lazy))),
+            Lazy::CarryOverflow as u32,
+        )?;
+        a.mov(gpr(d.r0), ecx)
+    }
+
+    /// SHL/SHR/SAR r32, imm8, as `shift_value::<K, 4>`: a count of 0
+    /// changes nothing; OF follows the last single-bit step.
+    fn shift(&mut self, d: &Insn, m: Mnemonic) -> Asm {
+        let count = d.imm & 31;
+        if count == 0 {
+            return Ok(());
+        }
+        let a = &mut self.a;
+        a.mov(ecx, gpr(d.r0))?;
+        match m {
+            Mnemonic::Shl | Mnemonic::Sal => {
+                a.mov(eax, ecx)?;
+                a.shr(eax, 32 - count)?;
+                a.and(eax, 1)?;
+                a.shl(ecx, count)?;
+                a.mov(edx, ecx)?;
+                a.shr(edx, 31)?;
+                a.xor(edx, eax)?;
+            }
+            _ => {
+                if count > 1 {
+                    if m == Mnemonic::Shr {
+                        a.shr(ecx, count - 1)?;
+                    } else {
+                        a.sar(ecx, count - 1)?;
+                    }
+                }
+                a.mov(eax, ecx)?;
+                a.and(eax, 1)?;
+                if m == Mnemonic::Shr {
+                    a.mov(edx, ecx)?;
+                    a.shr(edx, 31)?;
+                    a.shr(ecx, 1)?;
+                } else {
+                    a.xor(edx, edx)?;
+                    a.sar(ecx, 1)?;
+                }
+            }
+        }
+        self.carry_overflow(d, (eax, edx))
+    }
+
+    /// SETcc r8 and CMOVcc r32, r32: the condition from the replayed
+    /// flags, the handler through the trampoline when they cannot be.
+    fn conditional(
+        &mut self,
+        d: &Insn,
+        k: usize,
+        ended: CodeLabel,
+    ) -> Result<bool, iced_x86::IcedError> {
+        let i = &d.i;
+        use Mnemonic as M;
+        let set = matches!(
+            i.mnemonic(),
+            M::Seto
+                | M::Setno
+                | M::Setb
+                | M::Setae
+                | M::Sete
+                | M::Setne
+                | M::Setbe
+                | M::Seta
+                | M::Sets
+                | M::Setns
+                | M::Setp
+                | M::Setnp
+                | M::Setl
+                | M::Setge
+                | M::Setle
+                | M::Setg
+        ) && i.op0_kind() == OpKind::Register
+            && i.op0_register().is_gpr8()
+            && i.op_count() == 1;
+        let cmov = matches!(
+            i.mnemonic(),
+            M::Cmovo
+                | M::Cmovno
+                | M::Cmovb
+                | M::Cmovae
+                | M::Cmove
+                | M::Cmovne
+                | M::Cmovbe
+                | M::Cmova
+                | M::Cmovs
+                | M::Cmovns
+                | M::Cmovp
+                | M::Cmovnp
+                | M::Cmovl
+                | M::Cmovge
+                | M::Cmovle
+                | M::Cmovg
+        ) && i.op_count() == 2
+            && i.op0_kind() == OpKind::Register
+            && i.op0_register().is_gpr32()
+            && i.op1_kind() == OpKind::Register
+            && i.op1_register().is_gpr32();
+        if !(set || cmov) || !d.ip_blind {
+            return Ok(false);
+        }
+        let cc = i.condition_code() as u32 - 1;
+        let mut slow = self.a.create_label();
+        let mut done = self.a.create_label();
+        let mut yes = self.a.create_label();
+        self.replay_flags(cc, slow)?;
+        self.jcc(cc, yes)?;
+        let r8 = at(REGS + 4 * (d.r0 as usize & 3) + ((d.r0 as usize >> 2) & 1));
+        if set {
+            self.a.mov(byte_ptr(r8), 0u32)?;
+        }
+        self.a.jmp(done)?;
+        self.a.set_label(&mut yes)?;
+        if set {
+            self.a.mov(byte_ptr(r8), 1u32)?;
+        } else {
+            self.a.mov(eax, gpr(d.r1))?;
+            self.a.mov(gpr(d.r0), eax)?;
+        }
+        self.a.jmp(done)?;
+        self.a.set_label(&mut slow)?;
+        self.call_handler(d, k, ended)?;
+        self.a.set_label(&mut done)?;
+        self.a.nop()?;
+        Ok(true)
     }
 
     /// INC r32 / DEC r32, as `Flags::inc_dec` records them.
@@ -547,3 +714,8 @@ impl Emitter {
 }
 
 const _: () = assert!(size_of::<TlbEntry>().is_power_of_two());
+
+/// CF and OF both in `edx` (a multiply's overflow).
+fn edx_cf_of() -> (AsmRegister32, AsmRegister32) {
+    (edx, edx)
+}

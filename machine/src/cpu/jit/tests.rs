@@ -292,3 +292,57 @@ fn a_jump_past_the_cs_limit_faults_like_the_interpreter() {
         1000,
     );
 }
+
+/// IMUL, the shifts by immediates, SETcc and CMOVcc after each lazy kind.
+#[test]
+fn compiled_multiplies_shifts_and_conditionals_leave_the_interpreters_state() {
+    same_as_interpreter(
+        true,
+        |a| {
+            let mut top = a.create_label();
+            a.mov(ecx, 300)?;
+            a.mov(esi, DATA)?;
+            a.mov(dword_ptr(DATA), 0x7654_3211)?;
+            a.set_label(&mut top)?;
+            a.mov(eax, ecx)?;
+            a.imul_3(eax, eax, 0x9E37_79B9u32 as i32)?;
+            a.imul_2(eax, ecx)?;
+            a.seto(bl)?;
+            a.imul_2(eax, dword_ptr(esi))?;
+            a.setc(bh)?;
+            a.imul_3(edx, dword_ptr(esi), 7)?;
+            a.mov(edi, eax)?;
+            a.shl(edi, 1)?;
+            a.seto(dl)?;
+            a.shr(edi, 1)?;
+            a.seto(dh)?;
+            a.shl(edi, 7)?;
+            a.setc(dl)?;
+            a.shr(edi, 31)?;
+            a.sar(eax, 3)?;
+            a.setc(ah)?;
+            a.sar(eax, 1)?;
+            a.shl(eax, 0)?;
+            a.cmp(eax, ecx)?;
+            a.cmovae(ebp, eax)?;
+            a.setb(al)?;
+            a.setle(ah)?;
+            a.setp(bl)?;
+            a.test(eax, edx)?;
+            a.cmovs(ebp, ecx)?;
+            a.setnz(bh)?;
+            a.add(eax, edx)?;
+            a.setc(dl)?;
+            a.cmovo(edi, edx)?;
+            a.inc(edx)?;
+            a.setg(dh)?;
+            a.setbe(dl)?;
+            a.add(ebp, edx)?;
+            a.add(ebp, ebx)?;
+            a.add(ebp, edi)?;
+            a.dec(ecx)?;
+            a.jnz(top)
+        },
+        1000,
+    );
+}
