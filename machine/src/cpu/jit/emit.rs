@@ -212,6 +212,10 @@ impl Emitter {
     /// condition `cc`, by replaying the recorded 32-bit operation; jumps
     /// to `slow` when it cannot.
     fn replay_flags(&mut self, cc: u32, slow: CodeLabel) -> Asm {
+        if matches!(cc, 2 | 3) {
+            // B / AE read CF alone, which every lazy kind gives.
+            return self.host_cf();
+        }
         let a = &mut self.a;
         let mut not_sub = a.create_label();
         let mut not_logic = a.create_label();
@@ -253,6 +257,93 @@ impl Emitter {
         }
         a.set_label(&mut ready)?;
         a.nop()
+    }
+
+    /// Sets the host CF to the guest's CF, as `Flags::cf` derives it for
+    /// every lazy kind (the operands are masked to the width, so the
+    /// comparisons hold at any width). Clobbers `eax`, `edx`.
+    fn host_cf(&mut self) -> Asm {
+        let a = &mut self.a;
+        let mut done = a.create_label();
+        let lazy = byte_ptr(at(FLAGS + offset_of!(Flags, lazy)));
+        a.movzx(eax, lazy)?;
+        let kinds = [
+            Lazy::Add,
+            Lazy::Adc1,
+            Lazy::Sub,
+            Lazy::Sbb1,
+            Lazy::Logic,
+            Lazy::CarryOverflow,
+        ];
+        for kind in kinds {
+            let mut next = a.create_label();
+            a.cmp(eax, kind as u32)?;
+            a.jne(next)?;
+            match kind {
+                // res < a
+                Lazy::Add => {
+                    a.mov(edx, flag(offset_of!(Flags, res)))?;
+                    a.cmp(edx, flag(offset_of!(Flags, a)))?;
+                }
+                // res <= a, i.e. not a < res
+                Lazy::Adc1 => {
+                    a.mov(edx, flag(offset_of!(Flags, a)))?;
+                    a.cmp(edx, flag(offset_of!(Flags, res)))?;
+                    a.cmc()?;
+                }
+                // a < b
+                Lazy::Sub => {
+                    a.mov(edx, flag(offset_of!(Flags, a)))?;
+                    a.cmp(edx, flag(offset_of!(Flags, b)))?;
+                }
+                // a <= b, i.e. not b < a
+                Lazy::Sbb1 => {
+                    a.mov(edx, flag(offset_of!(Flags, b)))?;
+                    a.cmp(edx, flag(offset_of!(Flags, a)))?;
+                    a.cmc()?;
+                }
+                Lazy::Logic => a.clc()?,
+                // a != 0
+                _ => {
+                    a.mov(edx, flag(offset_of!(Flags, a)))?;
+                    a.neg(edx)?;
+                }
+            }
+            a.jmp(done)?;
+            a.set_label(&mut next)?;
+        }
+        // None, Inc, Dec: CF is bit 0 of `bits`.
+        a.bt(flag(offset_of!(Flags, bits)), 0)?;
+        a.set_label(&mut done)?;
+        a.nop()
+    }
+
+    /// ADC/SBB r32, r32 or imm: as `alu::<ADC | SBB, 4>`.
+    fn adc_sbb(&mut self, d: &Insn, sbb: bool, src: Src) -> Asm {
+        self.host_cf()?;
+        let a = &mut self.a;
+        a.setb(dl)?;
+        a.movzx(edx, dl)?;
+        match src {
+            Src::Reg(r) => a.mov(eax, gpr(r))?,
+            Src::Imm(v) => a.mov(eax, v)?,
+            Src::Mem => unreachable!("register and immediate forms only"),
+        }
+        a.mov(ecx, gpr(d.r0))?;
+        a.mov(flag(offset_of!(Flags, a)), ecx)?;
+        a.mov(flag(offset_of!(Flags, b)), eax)?;
+        a.bt(edx, 0)?;
+        if sbb {
+            a.sbb(ecx, eax)?;
+            a.add(edx, Lazy::Sub as u32)?;
+        } else {
+            a.adc(ecx, eax)?;
+            a.add(edx, Lazy::Add as u32)?;
+        }
+        a.mov(flag(offset_of!(Flags, res)), ecx)?;
+        a.mov(flag(offset_of!(Flags, sign)), 0x8000_0000u32)?;
+        a.mov(byte_ptr(at(FLAGS + offset_of!(Flags, lazy))), dl)?;
+        a.mov(gpr(d.r0), ecx)
     }
 
     /// `j<cc> l` for condition number `cc` (the encoding's low nibble).
@@ -415,6 +506,15 @@ impl Emitter {
                 if is_gpr32(0) && i.op1_kind() == OpKind::Immediate8 =>
             {
                 self.shift(d, i.mnemonic())?;
+                return Ok(Some(false));
+            }
+            Mnemonic::Adc | Mnemonic::Sbb if is_gpr32(0) && (is_gpr32(1) || is_imm(1)) => {
+                let src = if is_gpr32(1) {
+                    Src::Reg(d.r1)
+                } else {
+                    Src::Imm(d.imm)
+                };
+                self.adc_sbb(d, i.mnemonic() == Mnemonic::Sbb, src)?;
                 return Ok(Some(false));
             }
             Mnemonic::Inc | Mnemonic::Dec if is_gpr32(0) => {

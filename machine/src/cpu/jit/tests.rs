@@ -346,3 +346,49 @@ fn compiled_multiplies_shifts_and_conditionals_leave_the_interpreters_state() {
         1000,
     );
 }
+
+/// ADC/SBB chains and carry conditions after every lazy kind (8-bit
+/// operations included: CF does not depend on the width).
+#[test]
+fn compiled_carry_chains_leave_the_interpreters_state() {
+    same_as_interpreter(
+        true,
+        |a| {
+            let mut top = a.create_label();
+            let mut skip = a.create_label();
+            a.mov(ecx, 300)?;
+            a.set_label(&mut top)?;
+            a.mov(eax, ecx)?;
+            a.imul_3(eax, eax, 0x9E37_79B9u32 as i32)?;
+            a.add(ebx, eax)?;
+            a.adc(edx, eax)?;
+            a.adc(edx, ecx)?;
+            a.setb(ch)?;
+            a.sbb(esi, eax)?;
+            a.sbb(esi, 0x1234)?;
+            a.cmovae(edi, eax)?;
+            a.sub(edi, ebx)?;
+            a.adc(ebp, 0)?;
+            a.and(edi, eax)?;
+            a.adc(ebp, edi)?;
+            a.shl(eax, 5)?;
+            a.jb(skip)?;
+            a.adc(ebp, 1)?;
+            a.set_label(&mut skip)?;
+            a.shr(eax, 3)?;
+            a.sbb(ebp, edx)?;
+            a.add(al, bl)?;
+            a.adc(esi, edi)?;
+            a.cmp(dl, al)?;
+            a.setae(al)?;
+            a.sbb(esi, ebp)?;
+            a.stc()?;
+            a.adc(edi, edx)?;
+            a.inc(edi)?;
+            a.cmovb(edx, edi)?;
+            a.dec(ecx)?;
+            a.jnz(top)
+        },
+        1000,
+    );
+}
