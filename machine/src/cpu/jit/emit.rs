@@ -8,8 +8,8 @@
 use std::mem::{offset_of, size_of};
 
 use iced_x86::code_asm::{
-    AsmMemoryOperand, AsmRegister32, CodeAssembler, CodeLabel, byte_ptr, dl, dword_ptr, eax, ecx,
-    edx, ptr, qword_ptr, rax, rbx, rcx, rdi, rdx, rsi, word_ptr,
+    AsmMemoryOperand, AsmRegister32, CodeAssembler, CodeLabel, al, ax, byte_ptr, cl, cx, dl,
+    dword_ptr, eax, ecx, edx, ptr, qword_ptr, rax, rbx, rcx, rdi, rdx, rsi, word_ptr,
 };
 use iced_x86::{Code, Mnemonic, OpKind};
 
@@ -51,6 +51,24 @@ enum AluOp {
     Or,
     Xor,
     Test,
+}
+
+/// An operand of `Emitter::sized`: a register (its bytes in `cpu.regs`),
+/// the memory operand, or an immediate (masked to the width).
+enum Opnd {
+    Reg(AsmMemoryOperand),
+    Mem,
+    Imm(u32),
+}
+
+/// Register `n` of `w` bytes in `cpu.regs`: AL..BL are the low bytes of
+/// EAX..EBX, AH..BH the next ones.
+fn reg_at(n: u8, w: usize) -> AsmMemoryOperand {
+    if w == 1 {
+        at(REGS + 4 * (n as usize & 3) + ((n as usize >> 2) & 1))
+    } else {
+        at(REGS + 4 * (n as usize & 7))
+    }
 }
 
 /// Where an ALU instruction's second operand comes from.
@@ -388,6 +406,9 @@ impl Emitter {
         let is_imm = |op: u32| {
             op < n && matches!(i.op_kind(op), OpKind::Immediate32 | OpKind::Immediate8to32)
         };
+        if let Some(mem) = self.sized(d, bail)? {
+            return Ok(Some(mem));
+        }
         let op = match i.mnemonic() {
             Mnemonic::Add => AluOp::Add,
             Mnemonic::Sub => AluOp::Sub,
@@ -538,6 +559,143 @@ impl Emitter {
         let mem = matches!(src, Src::Mem);
         self.alu(d, op, src, bail)?;
         Ok(Some(mem))
+    }
+
+    /// MOV and the ALU group at 8 and 16 bits, and with a memory
+    /// destination at any width (the 32-bit register-destination forms
+    /// are `alu`'s): `Some(uses_bail)`, or `None` (nothing emitted).
+    fn sized(&mut self, d: &Insn, bail: CodeLabel) -> Result<Option<bool>, iced_x86::IcedError> {
+        let i = &d.i;
+        let op = match i.mnemonic() {
+            Mnemonic::Mov => None,
+            Mnemonic::Add => Some(AluOp::Add),
+            Mnemonic::Sub => Some(AluOp::Sub),
+            Mnemonic::Cmp => Some(AluOp::Cmp),
+            Mnemonic::And => Some(AluOp::And),
+            Mnemonic::Or => Some(AluOp::Or),
+            Mnemonic::Xor => Some(AluOp::Xor),
+            Mnemonic::Test => Some(AluOp::Test),
+            _ => return Ok(None),
+        };
+        if i.op_count() != 2 {
+            return Ok(None);
+        }
+        let w = match i.op0_kind() {
+            OpKind::Register => i.op0_register().size(),
+            OpKind::Memory => i.memory_size().size(),
+            _ => 0,
+        };
+        let mask = match w {
+            1 => 0xFF,
+            2 => 0xFFFF,
+            4 => u32::MAX,
+            _ => return Ok(None),
+        };
+        let operand = |k: u32| -> Option<Opnd> {
+            match i.op_kind(k) {
+                OpKind::Register => {
+                    let r = i.op_register(k);
+                    let n = if k == 0 { d.r0 } else { d.r1 };
+                    ((r.is_gpr8() || r.is_gpr16() || r.is_gpr32()) && r.size() == w)
+                        .then(|| Opnd::Reg(reg_at(n, w)))
+                }
+                OpKind::Memory => {
+                    (d.amask == u32::MAX && i.memory_size().size() == w).then_some(Opnd::Mem)
+                }
+                OpKind::Immediate8
+                | OpKind::Immediate16
+                | OpKind::Immediate32
+                | OpKind::Immediate8to16
+                | OpKind::Immediate8to32 => Some(Opnd::Imm(d.imm & mask)),
+                _ => None,
+            }
+        };
+        let (Some(dst), Some(src)) = (operand(0), operand(1)) else {
+            return Ok(None);
+        };
+        if matches!(dst, Opnd::Imm(_)) || (w == 4 && matches!(dst, Opnd::Reg(_))) {
+            return Ok(None);
+        }
+        let writes = !matches!(op, Some(AluOp::Cmp | AluOp::Test));
+        let mem = matches!(dst, Opnd::Mem) || matches!(src, Opnd::Mem);
+        if mem {
+            // A memory destination that is written takes the write fast
+            // path (as `rmw_ptr_fast` and `write_fast_*` do).
+            self.host_addr(d, w as u32, matches!(dst, Opnd::Mem) && writes, bail)?;
+            // `ecx` holds the destination's value below.
+            self.a.mov(rsi, rcx)?;
+        }
+        self.load_sized(eax, &src, w)?;
+        let Some(op) = op else {
+            self.store_sized(&dst, w, false)?;
+            return Ok(Some(mem));
+        };
+        self.load_sized(ecx, &dst, w)?;
+        let a = &mut self.a;
+        let lazy = match op {
+            AluOp::Add | AluOp::Sub | AluOp::Cmp => {
+                a.mov(flag(offset_of!(Flags, a)), ecx)?;
+                a.mov(flag(offset_of!(Flags, b)), eax)?;
+                if op == AluOp::Add {
+                    a.add(ecx, eax)?;
+                    Lazy::Add
+                } else {
+                    a.sub(ecx, eax)?;
+                    Lazy::Sub
+                }
+            }
+            _ => {
+                a.mov(flag(offset_of!(Flags, a)), 0u32)?;
+                a.mov(flag(offset_of!(Flags, b)), 0u32)?;
+                match op {
+                    AluOp::Or => a.or(ecx, eax)?,
+                    AluOp::Xor => a.xor(ecx, eax)?,
+                    _ => a.and(ecx, eax)?,
+                }
+                Lazy::Logic
+            }
+        };
+        if mask != u32::MAX {
+            a.and(ecx, mask)?;
+        }
+        a.mov(flag(offset_of!(Flags, res)), ecx)?;
+        a.mov(flag(offset_of!(Flags, sign)), 1u32 << (w * 8 - 1))?;
+        a.mov(byte_ptr(at(FLAGS + offset_of!(Flags, lazy))), lazy as u32)?;
+        if writes {
+            self.store_sized(&dst, w, true)?;
+        }
+        Ok(Some(mem))
+    }
+
+    /// `r` = operand `o` of `w` bytes, zero-extended (memory through `rsi`).
+    fn load_sized(&mut self, r: AsmRegister32, o: &Opnd, w: usize) -> Asm {
+        let m = match *o {
+            Opnd::Imm(v) => return self.a.mov(r, v),
+            Opnd::Reg(m) => m,
+            Opnd::Mem => rsi + 0,
+        };
+        match w {
+            1 => self.a.movzx(r, byte_ptr(m)),
+            2 => self.a.movzx(r, word_ptr(m)),
+            _ => self.a.mov(r, dword_ptr(m)),
+        }
+    }
+
+    /// Operand `o` (a register or memory through `rsi`) = the low `w`
+    /// bytes of `ecx` (`from_ecx`) or `eax`.
+    fn store_sized(&mut self, o: &Opnd, w: usize, from_ecx: bool) -> Asm {
+        let m = match *o {
+            Opnd::Reg(m) => m,
+            _ => rsi + 0,
+        };
+        match (w, from_ecx) {
+            (1, true) => self.a.mov(byte_ptr(m), cl),
+            (1, false) => self.a.mov(byte_ptr(m), al),
+            (2, true) => self.a.mov(word_ptr(m), cx),
+            (2, false) => self.a.mov(word_ptr(m), ax),
+            (_, true) => self.a.mov(dword_ptr(m), ecx),
+            (_, false) => self.a.mov(dword_ptr(m), eax),
+        }
     }
 
     /// `r0 = r0 OP src` at 32 bits, recording the flags as `alu::<OP, 4>` does.

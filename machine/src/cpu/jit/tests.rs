@@ -392,3 +392,50 @@ fn compiled_carry_chains_leave_the_interpreters_state() {
         1000,
     );
 }
+
+/// MOV and the ALU group at 8 and 16 bits, and with memory destinations.
+#[test]
+fn compiled_sized_and_memory_destination_forms_leave_the_interpreters_state() {
+    same_as_interpreter(
+        true,
+        |a| {
+            let mut top = a.create_label();
+            a.mov(ecx, 300)?;
+            a.mov(esi, DATA)?;
+            a.set_label(&mut top)?;
+            a.mov(eax, ecx)?;
+            a.imul_3(eax, eax, 0x9E37_79B9u32 as i32)?;
+            a.mov(byte_ptr(esi + ecx), al)?;
+            a.mov(bh, byte_ptr(esi + 7))?;
+            a.mov(dl, ah)?;
+            a.mov(dh, 0x7F)?;
+            a.add(dh, al)?;
+            a.seto(bl)?;
+            a.sub(dl, bh)?;
+            a.setb(bl)?;
+            a.cmp(al, 0x80u32 as i32)?;
+            a.setl(bl)?;
+            a.xor(ah, byte_ptr(esi + 3))?;
+            a.test(byte_ptr(esi + ecx), 0x41)?;
+            a.setp(bl)?;
+            a.mov(word_ptr(esi + ecx * 2 + 0x400), ax)?;
+            a.mov(di, word_ptr(esi + 0x401))?;
+            a.add(di, 0x7FFF)?;
+            a.seto(bl)?;
+            a.or(bp, di)?;
+            a.and(word_ptr(esi + 2), 0xFFF0u32 as i32)?;
+            a.add(dword_ptr(esi + 8), eax)?;
+            a.adc(ebp, 0)?;
+            a.sub(dword_ptr(esi + 12), 3)?;
+            a.setbe(bh)?;
+            a.cmp(dword_ptr(esi + 8), ecx)?;
+            a.setg(bh)?;
+            a.xor(byte_ptr(esi + 1), dl)?;
+            a.mov(word_ptr(esi + 20), 0x1234)?;
+            a.mov(byte_ptr(esi + 22), 0x56)?;
+            a.dec(ecx)?;
+            a.jnz(top)
+        },
+        1000,
+    );
+}
