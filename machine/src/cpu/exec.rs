@@ -382,7 +382,7 @@ fn seg_of(r: Register) -> Seg {
 }
 
 impl Insn {
-    fn new(mut i: Instruction, code32: bool) -> Self {
+    pub(crate) fn new(mut i: Instruction, code32: bool) -> Self {
         p6_alias(&mut i);
         let ip_mask = if code32 { u32::MAX } else { 0xFFFF };
         let (handler, ip_blind) = select_handler(&i);

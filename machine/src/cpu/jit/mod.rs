@@ -44,6 +44,8 @@ pub(crate) struct Jit {
     pub generation: u32,
     /// Blocks compiled so far (tests and tools).
     pub compiled: u64,
+    /// Size of the code region, reserved at the first compile.
+    region: usize,
     mem: Option<ExecMem>,
 }
 
@@ -54,6 +56,7 @@ impl Default for Jit {
             threshold: DEFAULT_THRESHOLD,
             generation: 0,
             compiled: 0,
+            region: REGION,
             mem: None,
         }
     }
@@ -68,7 +71,7 @@ impl Jit {
     pub fn compile(&mut self, insns: &[Insn]) -> Option<(JitFn, u32)> {
         let mut code = emit::Emitter::new(insns)?;
         if self.mem.is_none() {
-            self.mem = Some(ExecMem::new(REGION)?);
+            self.mem = Some(ExecMem::new(self.region)?);
         }
         let mem = self.mem.as_mut()?;
         let bytes = match code.assemble(mem.next_addr()) {

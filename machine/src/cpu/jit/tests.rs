@@ -439,3 +439,33 @@ fn compiled_sized_and_memory_destination_forms_leave_the_interpreters_state() {
         1000,
     );
 }
+
+/// A full code region is recycled: the generation moves (so blocks
+/// compiled before recompile) and new code lands at its start and runs.
+#[test]
+fn a_full_code_region_is_recycled() {
+    use iced_x86::{Decoder, DecoderOptions};
+
+    use crate::cpu::exec::Insn;
+
+    let mut cpu = machine(true, |a| a.nop(), false);
+    cpu.jit.region = 64 << 10;
+    let code = [0x89, 0xD8, 0x40, 0xF4]; // mov eax, ebx; inc eax; hlt
+    let insns: Vec<Insn> = Decoder::with_ip(32, &code, CODE as u64, DecoderOptions::NONE)
+        .into_iter()
+        .map(|i| Insn::new(i, true))
+        .collect();
+    let mut last = None;
+    for _ in 0..2000 {
+        last = cpu.jit.compile(&insns);
+    }
+    let (f, generation) = last.expect("compiles");
+    assert!(generation > 0, "the region filled and was recycled");
+    cpu.set_gpr(reg::EBX, 41);
+    // SAFETY: `f` is the newest code for `insns`, which outlive the call.
+    let r = unsafe { f(&mut cpu) };
+    assert_eq!(r, super::ENDED, "HLT ends the block in its trampoline");
+    assert_eq!(cpu.gpr(reg::EAX), 42);
+    assert!(cpu.is_halted());
+    assert_eq!(cpu.instruction_count(), 3);
+}
