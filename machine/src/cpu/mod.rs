@@ -13,7 +13,8 @@
 //! - `far.rs`: far JMP/CALL/RET/IRET, call gates;
 //! - `task.rs`: hardware task switching;
 //! - `system.rs`: control registers, MSRs, CPUID and the other system instructions;
-//! - `x87/`: the floating-point unit.
+//! - `x87/`: the floating-point unit;
+//! - `jit/`: the baseline JIT (off unless `Cpu::set_jit(true)`).
 
 mod access;
 mod alu;

@@ -1,10 +1,18 @@
 //! A baseline JIT: hot decoded blocks become one host function each.
 //!
 //! Off unless `Cpu::set_jit(true)` is called (the worker's sandbox forbids
-//! executable memory). A compiled block runs a small subset of 32-bit
-//! instructions natively (MOV, the two-operand ALU group, LEA, MOVZX) with
-//! the interpreter's lazy-flag state written exactly as its handlers write
-//! it, and calls every other instruction's handler through [`trampoline`].
+//! executable memory). Only whole cached blocks run through the chain path
+//! of the run loop (no trace hook, CS limit checked) are compiled, at
+//! their 16th run. A compiled block runs a subset natively, writing the
+//! interpreter's lazy-flag state exactly as its handlers do: MOV and
+//! ADD/SUB/CMP/AND/OR/XOR/TEST (8, 16, 32 bits; register, immediate and
+//! 32-bit-addressed memory operands), ADC/SBB/INC/DEC/IMUL/SHL/SHR/SAR
+//! r32, LEA, MOVZX/MOVSX, PUSH/POP r32, SETcc r8, CMOVcc r32, r32 and
+//! the near branches (Jcc, JMP rel, CALL rel32, RET). Conditions are
+//! evaluated on host flags by replaying the recorded operation when the
+//! lazy kind allows (CF always). Everything else, and every case a fast
+//! path does not cover, calls the instruction's handler through
+//! [`trampoline`].
 //!
 //! The compiled function is `extern "C" fn(cpu) -> u32`; it returns
 //! - `k` in `0..=n` (n = the block's length): `k` instructions completed
