@@ -9,7 +9,7 @@ use std::mem::{offset_of, size_of};
 
 use iced_x86::code_asm::{
     AsmMemoryOperand, AsmRegister32, CodeAssembler, CodeLabel, al, ax, byte_ptr, cl, cx, dl,
-    dword_ptr, eax, ecx, edx, ptr, qword_ptr, rax, rbx, rcx, rdi, rdx, rsi, word_ptr,
+    dword_ptr, eax, ecx, edx, esi, ptr, qword_ptr, rax, rbx, rcx, rdi, rdx, rsi, word_ptr,
 };
 use iced_x86::{Code, Mnemonic, OpKind};
 
@@ -259,6 +259,16 @@ impl Emitter {
         a.add(ecx, flag(offset_of!(Flags, b)))?;
         a.jmp(ready)?;
         a.set_label(&mut not_add)?;
+        if matches!(cc >> 1, 2 | 4 | 5) {
+            // Z, S and P follow the result alone (shifts, multiplies).
+            let mut not_co = a.create_label();
+            a.cmp(eax, Lazy::CarryOverflow as u32)?;
+            a.jne(not_co)?;
+            a.mov(ecx, flag(offset_of!(Flags, res)))?;
+            a.test(ecx, ecx)?;
+            a.jmp(ready)?;
+            a.set_label(&mut not_co)?;
+        }
         // INC/DEC keep CF in `bits`: replayed only for conditions without CF.
         if matches!(cc >> 1, 1 | 3) {
             a.jmp(slow)?;
@@ -536,6 +546,13 @@ impl Emitter {
                     Src::Imm(d.imm)
                 };
                 self.adc_sbb(d, i.mnemonic() == Mnemonic::Sbb, src)?;
+                return Ok(Some(false));
+            }
+            _ if matches!(
+                i.code(),
+                Code::Nopw | Code::Nopd | Code::Pause | Code::Nop_rm16 | Code::Nop_rm32
+            ) =>
+            {
                 return Ok(Some(false));
             }
             Mnemonic::Inc | Mnemonic::Dec if is_gpr32(0) => {
@@ -853,15 +870,23 @@ impl Emitter {
         ) && i.op_count() == 2
             && i.op0_kind() == OpKind::Register
             && i.op0_register().is_gpr32()
-            && i.op1_kind() == OpKind::Register
-            && i.op1_register().is_gpr32();
-        if !(set || cmov) || !d.ip_blind {
+            && ((i.op1_kind() == OpKind::Register && i.op1_register().is_gpr32())
+                || (i.op1_kind() == OpKind::Memory
+                    && d.amask == u32::MAX
+                    && i.memory_size().size() == 4));
+        if !(set || cmov) || !d.ip_blind || i.has_lock_prefix() {
             return Ok(false);
         }
         let cc = i.condition_code() as u32 - 1;
         let mut slow = self.a.create_label();
         let mut done = self.a.create_label();
         let mut yes = self.a.create_label();
+        let cmov_mem = cmov && i.op1_kind() == OpKind::Memory;
+        if cmov_mem {
+            // CMOV reads its source whatever the condition (`data::cmov`).
+            self.host_addr(d, 4, false, slow)?;
+            self.a.mov(esi, dword_ptr(rcx))?;
+        }
         self.replay_flags(cc, slow)?;
         self.jcc(cc, yes)?;
         let r8 = at(REGS + 4 * (d.r0 as usize & 3) + ((d.r0 as usize >> 2) & 1));
@@ -872,6 +897,8 @@ impl Emitter {
         self.a.set_label(&mut yes)?;
         if set {
             self.a.mov(byte_ptr(r8), 1u32)?;
+        } else if cmov_mem {
+            self.a.mov(gpr(d.r0), esi)?;
         } else {
             self.a.mov(eax, gpr(d.r1))?;
             self.a.mov(gpr(d.r0), eax)?;

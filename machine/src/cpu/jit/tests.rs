@@ -469,3 +469,37 @@ fn a_full_code_region_is_recycled() {
     assert!(cpu.is_halted());
     assert_eq!(cpu.instruction_count(), 3);
 }
+
+/// CMOVcc from memory, NOPs, and Z/S/P conditions after shifts.
+#[test]
+fn compiled_cmov_from_memory_and_conditions_after_shifts_leave_the_interpreters_state() {
+    same_as_interpreter(
+        true,
+        |a| {
+            let mut top = a.create_label();
+            let mut skip = a.create_label();
+            a.mov(ecx, 300)?;
+            a.mov(esi, DATA)?;
+            a.set_label(&mut top)?;
+            a.mov(eax, ecx)?;
+            a.imul_3(eax, eax, 0x9E37_79B9u32 as i32)?;
+            a.mov(dword_ptr(esi + ecx * 4), eax)?;
+            a.cmp(eax, ecx)?;
+            a.cmovae(ebx, dword_ptr(esi + ecx * 4))?;
+            a.nop()?;
+            a.pause()?;
+            a.shr(eax, 29)?;
+            a.cmovz(edx, dword_ptr(esi + 4))?;
+            a.setp(dl)?;
+            a.shl(eax, 30)?;
+            a.js(skip)?;
+            a.add(ebp, ecx)?;
+            a.set_label(&mut skip)?;
+            a.imul_2(ebx, ecx)?;
+            a.cmovnz(edi, ebx)?;
+            a.dec(ecx)?;
+            a.jnz(top)
+        },
+        1000,
+    );
+}
