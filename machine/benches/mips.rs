@@ -9,7 +9,7 @@
 //! running every image twice, with `N` and with `N / 8` iterations, and
 //! using the difference: MIPS = Δinstructions / Δseconds.
 //!
-//! `cargo bench -p machine --bench mips -- [--scale F] [--json] [--no-peers] [--peers-only] [--dump DIR] [--only WORKLOAD]`
+//! `cargo bench -p machine --bench mips -- [--scale F] [--json] [--no-peers] [--peers-only] [--dump DIR] [--only WORKLOAD] [--jit]`
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -295,12 +295,13 @@ fn code32(w: &Workload) -> Result<Vec<u8>, IcedError> {
 }
 
 /// Runs an image on our CPU: (instructions, seconds).
-fn run_ours(img: &[u8]) -> (u64, f64) {
+fn run_ours(img: &[u8], jit: bool) -> (u64, f64) {
     let mut mem = PhysMemory::new(RAM_MIB << 20).expect("RAM");
     mem.add_rom(ROM_BASE, img).expect("ROM");
     mem.alias_rom(ROM_BASE, 0xFFFF_0000, ROM_SIZE as u32)
         .expect("ROM alias");
     let mut cpu = Cpu::new(mem, Box::new(NullBus));
+    cpu.set_jit(jit);
     let start = Instant::now();
     loop {
         match cpu.run(50_000_000) {
@@ -391,6 +392,7 @@ fn main() {
     let mut scale = 1.0f64;
     let mut json = false;
     let mut peers = true;
+    let mut jit = false;
     let mut ours = true;
     let mut dump: Option<PathBuf> = None;
     let mut only: Option<String> = None;
@@ -400,13 +402,14 @@ fn main() {
             "--scale" => scale = args.next().and_then(|s| s.parse().ok()).expect("--scale F"),
             "--json" => json = true,
             "--no-peers" => peers = false,
+            "--jit" => jit = true,
             "--peers-only" => ours = false,
             "--dump" => dump = args.next().map(PathBuf::from),
             "--only" => only = args.next(),
             "--bench" => {}
             other => {
                 eprintln!(
-                    "mips: unknown argument {other}; use --scale F, --json, --no-peers, --peers-only, --dump DIR, --only WORKLOAD"
+                    "mips: unknown argument {other}; use --scale F, --json, --no-peers, --peers-only, --dump DIR, --only WORKLOAD, --jit"
                 );
                 std::process::exit(2);
             }
@@ -438,7 +441,7 @@ fn main() {
         std::fs::write(&big_path, &big_img).expect("write image");
         std::fs::write(&small_path, &small_img).expect("write image");
         let ((i1, t1), (i2, t2)) = if ours {
-            (run_ours(&small_img), run_ours(&big_img))
+            (run_ours(&small_img, jit), run_ours(&big_img, jit))
         } else {
             ((0, 0.0), (0, 0.0))
         };

@@ -13,7 +13,7 @@
 //! that the addresses match. With `IDLE=SECS` it instead measures the
 //! guest idling at its shell after the marker: host CPU and instructions
 //! per second. With `STOP_AT=N` it stops after N retired instructions
-//! (a window to run under callgrind).
+//! (a window to run under callgrind). `JIT=1` turns the baseline JIT on.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -76,6 +76,10 @@ fn main() {
         drives: Vec::new(),
     })
     .expect("machine");
+    // `JIT=1`: the baseline JIT on.
+    if std::env::var_os("JIT").is_some_and(|v| v != "0") {
+        pc.cpu_mut().set_jit(true);
+    }
     let slice = 20_000;
     let stop_at: Option<u64> = std::env::var("STOP_AT").ok().and_then(|s| s.parse().ok());
     let mut time: HashMap<String, (f64, u64)> = HashMap::new();

@@ -21,7 +21,9 @@
 //!   (e.g. `1.0` while working on a filtered subset);
 //! - `BULKHEAD_CONFORMANCE_VERBOSE=1`: print every failing vector;
 //! - `BULKHEAD_CONFORMANCE_TRACE=1`: print every instruction executed
-//!   (with a filter naming one file).
+//!   (with a filter naming one file);
+//! - `BULKHEAD_TEST_JIT=1`: run with the JIT compiling every block (and
+//!   no trace hook, which would keep the JIT off).
 //!
 //! Vectors of 286-only behaviour are skipped and counted apart: a LOCK
 //! prefix the 286 ignores where later CPUs raise #UD, instructions longer
@@ -353,21 +355,30 @@ fn execute(v: &Vector, flags_mask: u32) -> Result<(), String> {
     let stopper = signals.clone();
     let mut attempts = 0u64;
     let trace = std::env::var_os("BULKHEAD_CONFORMANCE_TRACE").is_some();
-    cpu.set_trace(Some(Box::new(move |cpu, i| {
-        if trace {
-            println!(
-                "    {:04x}:{:04x} {i} (flags {:04x}, sp {:04x})",
-                cpu.seg(Seg::CS).selector,
-                cpu.eip(),
-                cpu.eflags(),
-                cpu.gpr(reg::ESP)
-            );
-        }
-        attempts += 1;
-        if attempts > BUDGET {
-            stopper.raise(Signals::STOP);
-        }
-    })));
+    // `BULKHEAD_TEST_JIT=1`: every block compiled. The JIT runs only
+    // without a trace hook, so fault loops are then left to the watchdog.
+    let jit = std::env::var_os("BULKHEAD_TEST_JIT").is_some_and(|v| v != "0");
+    if jit {
+        cpu.set_jit(true);
+        cpu.set_jit_threshold(0);
+    }
+    cpu.set_trace((!jit).then(|| -> machine::TraceHook {
+        Box::new(move |cpu, i| {
+            if trace {
+                println!(
+                    "    {:04x}:{:04x} {i} (flags {:04x}, sp {:04x})",
+                    cpu.seg(Seg::CS).selector,
+                    cpu.eip(),
+                    cpu.eflags(),
+                    cpu.gpr(reg::ESP)
+                );
+            }
+            attempts += 1;
+            if attempts > BUDGET {
+                stopper.raise(Signals::STOP);
+            }
+        })
+    }));
     watchdog_arm(Some(signals));
     let mut left = BUDGET;
     loop {

@@ -88,6 +88,7 @@ fn boot() -> (PcHandle, Serial, FbView, std::thread::JoinHandle<PcExit>) {
             drives: Vec::new(),
         })
         .expect("machine");
+        common::jit_from_env(pc.cpu_mut());
         tx.send(pc.handle()).unwrap();
         loop {
             match pc.run(None) {

@@ -156,6 +156,7 @@ fn boot(
             ],
         })
         .expect("machine");
+        common::jit_from_env(pc.cpu_mut());
         tx.send(pc.handle()).unwrap();
         pc.run(None)
     });

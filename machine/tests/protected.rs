@@ -815,10 +815,11 @@ impl machine::Bus for IntrBus {
 
 fn pm_with_intr() -> Pm {
     let mem = PhysMemory::new(2 << 20).expect("RAM");
-    let g = Guest {
+    let mut g = Guest {
         cpu: Cpu::new(mem, Box::new(IntrBus)),
         log: Default::default(),
     };
+    common::jit_from_env(&mut g.cpu);
     let mut pm = Pm::with_cpu(g);
     pm.set_gate(0x40, gate(K_CODE, DEFAULT + 0x400, INT32, 0, 0));
     pm.g.cpu.signals().set_intr(true);

@@ -23,7 +23,7 @@ use iced_x86::{
 
 use super::fault::{Fault, Result};
 use super::paging::tlb_index;
-use super::{Cpu, Seg, ShutdownReason, flags, reg};
+use super::{Cpu, Seg, ShutdownReason, flags, jit, reg};
 use crate::bus::Signals;
 use crate::memory::Region;
 
@@ -111,6 +111,21 @@ struct Block {
     /// Every instruction but the last is IP-blind: the run loop skips the
     /// per-instruction IP bookkeeping (see `run_insns`).
     blind_body: bool,
+    /// The block's compiled code, or how often it ran without (see `jit`).
+    jit: Cell<JitSlot>,
+}
+
+/// A block's standing with the JIT.
+#[derive(Clone, Copy)]
+enum JitSlot {
+    /// Interpreted so far, this many times.
+    Cold(u32),
+    /// Compiled (valid while the JIT's generation is `generation`). The
+    /// code refers to the block's instructions, so it lives no longer
+    /// than the block: it is only reached through the block.
+    Code { f: jit::JitFn, generation: u32 },
+    /// Not worth compiling.
+    Never,
 }
 
 /// A successor of a block: the block cached for `eip` when `Tlb::epoch`
@@ -141,6 +156,7 @@ impl Block {
             code32,
             linkable,
             links: [Cell::new(NO_LINK), Cell::new(NO_LINK)],
+            jit: Cell::new(JitSlot::Cold(0)),
         }
     }
 
@@ -367,7 +383,7 @@ fn seg_of(r: Register) -> Seg {
 }
 
 impl Insn {
-    fn new(mut i: Instruction, code32: bool) -> Self {
+    pub(crate) fn new(mut i: Instruction, code32: bool) -> Self {
         p6_alias(&mut i);
         let ip_mask = if code32 { u32::MAX } else { 0xFFFF };
         let (handler, ip_blind) = select_handler(&i);
@@ -731,7 +747,12 @@ impl Cpu {
         } else {
             &block.insns[..max]
         };
-        if !self.run_insns::<false>(insns, block.blind_body) {
+        let done = if self.jit.on && insns.len() == block.insns.len() && block.key != u64::MAX {
+            self.run_compiled(block)
+        } else {
+            self.run_insns::<false>(insns, block.blind_body)
+        };
+        if !done {
             return Chain::Stop;
         }
         // Uncached blocks (key u64::MAX) are never linkable.
@@ -740,6 +761,46 @@ impl Cpu {
         } else {
             Chain::Stop
         }
+    }
+
+    /// `run_insns` over the whole (cached) `block` through its compiled
+    /// code, compiling it once it is hot (see `jit`).
+    #[inline(never)]
+    fn run_compiled(&mut self, block: &Block) -> bool {
+        let f = match block.jit.get() {
+            JitSlot::Code { f, generation } if generation == self.jit.generation => f,
+            JitSlot::Never => return self.run_insns::<false>(&block.insns, block.blind_body),
+            JitSlot::Cold(n) if n + 1 < self.jit.threshold => {
+                block.jit.set(JitSlot::Cold(n + 1));
+                return self.run_insns::<false>(&block.insns, block.blind_body);
+            }
+            _ => match self.jit.compile(&block.insns) {
+                Some((f, generation)) => {
+                    block.jit.set(JitSlot::Code { f, generation });
+                    f
+                }
+                None => {
+                    block.jit.set(JitSlot::Never);
+                    return self.run_insns::<false>(&block.insns, block.blind_body);
+                }
+            },
+        };
+        // SAFETY: `f` is this block's code of the current generation (its
+        // memory was not reused); it reads and writes the CPU only as the
+        // handlers it stands for would, and refers to `block.insns`, which
+        // lives as long as `block`.
+        let r = unsafe { f(self) };
+        if r == jit::ENDED {
+            return false;
+        }
+        let k = r as usize;
+        self.icount += k as u64;
+        if k == block.insns.len() {
+            self.retire(&block.insns[k - 1]);
+            return true;
+        }
+        // Bailed at instruction k before it changed anything.
+        self.run_insns::<false>(&block.insns[k..], block.blind_body)
     }
 
     /// Runs decoded instructions until one ends the block or faults.
@@ -816,7 +877,7 @@ impl Cpu {
 
     /// EIP after `d` completed.
     #[inline(always)]
-    fn retire(&mut self, d: &Insn) {
+    pub(crate) fn retire(&mut self, d: &Insn) {
         self.eip = if d.ip_blind { d.next_ip } else { self.next_eip };
     }
 

@@ -53,13 +53,13 @@ pub(crate) enum Lazy {
 pub(crate) struct Flags {
     /// EFLAGS; the status bits are stale unless `lazy` is `None`
     /// (CF stays valid for `Inc`/`Dec`).
-    bits: u32,
-    lazy: Lazy,
+    pub(crate) bits: u32,
+    pub(crate) lazy: Lazy,
     /// Sign bit of the operation's width (0x80, 0x8000 or 0x8000_0000).
-    sign: u32,
-    a: u32,
-    b: u32,
-    res: u32,
+    pub(crate) sign: u32,
+    pub(crate) a: u32,
+    pub(crate) b: u32,
+    pub(crate) res: u32,
 }
 
 impl Default for Flags {

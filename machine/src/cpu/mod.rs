@@ -13,7 +13,8 @@
 //! - `far.rs`: far JMP/CALL/RET/IRET, call gates;
 //! - `task.rs`: hardware task switching;
 //! - `system.rs`: control registers, MSRs, CPUID and the other system instructions;
-//! - `x87/`: the floating-point unit.
+//! - `x87/`: the floating-point unit;
+//! - `jit/`: the baseline JIT (off unless `Cpu::set_jit(true)`).
 
 mod access;
 mod alu;
@@ -24,6 +25,11 @@ mod far;
 mod fault;
 mod flags;
 mod interrupt;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod jit;
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+#[path = "jit/stub.rs"]
+mod jit;
 mod operand;
 mod paging;
 mod segment;
@@ -164,6 +170,8 @@ pub struct Cpu {
     /// Instructions retired since reset.
     pub(crate) icount: u64,
     pub(crate) trace: Option<TraceHook>,
+    /// The baseline JIT (off unless `set_jit(true)`).
+    pub(crate) jit: jit::Jit,
 
     pub mem: PhysMemory,
     pub bus: Box<dyn Bus>,
@@ -203,6 +211,7 @@ impl Cpu {
             shutdown: None,
             icount: 0,
             trace: None,
+            jit: jit::Jit::default(),
             mem,
             bus,
             signals: Signals::new(),
@@ -268,6 +277,27 @@ impl Cpu {
     /// hands them the word, then the CPU).
     pub fn set_signals(&mut self, signals: Signals) {
         self.signals = signals;
+    }
+
+    /// Turns the baseline JIT on or off for this CPU. Compiled code needs
+    /// executable memory, which the worker's sandbox forbids: only callers
+    /// outside it (benchmarks, tests, tools) turn it on. A no-op on hosts
+    /// without a JIT back end.
+    pub fn set_jit(&mut self, on: bool) {
+        self.jit.on = on && jit::SUPPORTED;
+        self.stop_block = true;
+    }
+
+    /// Runs a block this many times before compiling it (0: at once).
+    #[doc(hidden)]
+    pub fn set_jit_threshold(&mut self, runs: u32) {
+        self.jit.threshold = runs;
+    }
+
+    /// Blocks the JIT has compiled.
+    #[doc(hidden)]
+    pub fn jit_compiled_blocks(&self) -> u64 {
+        self.jit.compiled
     }
 
     /// Instructions retired since power-on.

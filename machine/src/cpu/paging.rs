@@ -17,7 +17,9 @@ pub(crate) const TLB_SIZE: usize = 1 << TLB_BITS;
 /// A tag no page-aligned address can match.
 pub(crate) const NO_TAG: u32 = 1;
 
+/// `repr(C)`: the JIT reads `rtag`, `wtag` and `host` at fixed offsets.
 #[derive(Clone, Copy, Debug)]
+#[repr(C)]
 pub(crate) struct TlbEntry {
     pub rtag: u32,
     pub wtag: u32,

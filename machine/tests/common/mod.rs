@@ -34,6 +34,15 @@ impl Bus for TestBus {
     }
 }
 
+/// `BULKHEAD_TEST_JIT=1` runs the guest-program tests with the JIT on,
+/// compiling every block at its first run.
+pub fn jit_from_env(cpu: &mut Cpu) {
+    if std::env::var_os("BULKHEAD_TEST_JIT").is_some_and(|v| v != "0") {
+        cpu.set_jit(true);
+        cpu.set_jit_threshold(0);
+    }
+}
+
 pub struct Guest {
     pub cpu: Cpu,
     pub log: Rc<RefCell<Log>>,
@@ -44,7 +53,8 @@ impl Guest {
     pub fn new(mib: u64) -> Guest {
         let log = Rc::new(RefCell::new(Log::default()));
         let mem = PhysMemory::new(mib << 20).expect("RAM");
-        let cpu = Cpu::new(mem, Box::new(TestBus(log.clone())));
+        let mut cpu = Cpu::new(mem, Box::new(TestBus(log.clone())));
+        jit_from_env(&mut cpu);
         Guest { cpu, log }
     }
 
