@@ -31,6 +31,7 @@ fn main() {
     let text = fs::read_to_string(POLICY).unwrap_or_else(|e| fail(&format!("{POLICY}: {e}")));
     check_comments(&text);
 
+    let text = with_jit_variant(&text);
     let filters = compile_from_json(text.as_bytes(), TargetArch::x86_64)
         .unwrap_or_else(|e| fail(&format!("{POLICY}: {e}")));
     // Sorted so the generated file is stable between builds.
@@ -60,6 +61,27 @@ fn main() {
     let table_path = out.join("seccomp_filters.rs");
     fs::write(&table_path, table)
         .unwrap_or_else(|e| fail(&format!("{}: {e}", table_path.display())));
+}
+
+/// Adds `worker_jit`: the `worker` filter plus one rule that lets the
+/// CPU's JIT flip its own code pages to read+execute. Its VMs opt in
+/// (`jit = true`); every other worker keeps `worker`, under which no
+/// memory can ever become executable.
+fn with_jit_variant(text: &str) -> String {
+    let mut json: serde_json::Value =
+        serde_json::from_str(text).unwrap_or_else(|e| fail(&format!("{POLICY}: {e}")));
+    let mut jit = json["worker"].clone();
+    let rules = jit["filter"]
+        .as_array_mut()
+        .unwrap_or_else(|| fail(&format!("{POLICY}: filter worker has no rule list")));
+    rules.push(serde_json::json!({
+        "syscall": "mprotect",
+        "args": [{ "index": 2, "type": "dword", "op": "eq", "val": 5,
+                   "comment": "PROT_READ|PROT_EXEC exactly: code the JIT has finished writing (W^X: never writable and executable at once)." }],
+        "comment": "The JIT's code pages, made executable after they are written (the plain mprotect rule keeps refusing PROT_EXEC otherwise)."
+    }));
+    json["worker_jit"] = jit;
+    json.to_string()
 }
 
 /// Policy is reviewed like code: every rule and every argument condition

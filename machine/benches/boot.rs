@@ -5,7 +5,8 @@
 //! is its own) and on `qemu-system-i386 -accel tcg` with the same kernel,
 //! initrd, command line and RAM, and reports the wall time from process
 //! start to the `BULKHEAD-GUEST-READY` line on COM1 and each process's peak
-//! RSS.
+//! RSS. Bulkhead runs twice: interpreted, and with the baseline JIT on
+//! (`bulkhead-jit`).
 //!
 //! `cargo bench -p machine --bench boot -- [--runs N] [--json] [--no-peers]`
 
@@ -20,6 +21,8 @@ const MARKER: &str = "BULKHEAD-GUEST-READY";
 const RAM_MIB: u32 = 256;
 const APPEND: &str = "console=ttyS0";
 const CHILD_ENV: &str = "BULKHEAD_BOOT_BENCH_CHILD";
+/// Set in the child that runs with the JIT on.
+const JIT_ENV: &str = "BULKHEAD_BOOT_BENCH_JIT";
 
 fn guest_kit() -> (PathBuf, PathBuf) {
     let dir = std::env::var_os("BULKHEAD_GUEST_KIT")
@@ -57,6 +60,7 @@ fn child(kernel: &str, initrd: &str) -> ! {
         drives: Vec::new(),
     })
     .expect("machine");
+    pc.cpu_mut().set_jit(std::env::var_os(JIT_ENV).is_some());
     let exit = pc.run(None);
     let _ = std::io::stdout().flush();
     eprintln!("boot child: {exit:?}");
@@ -163,7 +167,15 @@ fn main() {
         c
     };
     let mut results: Vec<(&str, Vec<f64>, u64)> = Vec::new();
-    let mut engines: Vec<Engine> = vec![("bulkhead", Box::new(ours))];
+    let ours_jit = || {
+        let mut c = ours();
+        c.env(JIT_ENV, "1");
+        c
+    };
+    let mut engines: Vec<Engine> = vec![
+        ("bulkhead", Box::new(ours)),
+        ("bulkhead-jit", Box::new(ours_jit)),
+    ];
     if peers {
         engines.push(("qemu-tcg", Box::new(qemu)));
     }

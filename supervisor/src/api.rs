@@ -33,6 +33,9 @@ pub enum Request {
         restart: RestartPolicy,
         #[serde(default)]
         autostart: bool,
+        /// Run through the CPU's JIT.
+        #[serde(default)]
+        jit: bool,
         /// IDE drives; slots left out are assigned (disks on the primary
         /// channel, CD-ROMs on the secondary).
         #[serde(default)]
@@ -207,6 +210,8 @@ pub struct VmInfo {
     pub append: String,
     pub restart: RestartPolicy,
     pub autostart: bool,
+    #[serde(default)]
+    pub jit: bool,
     #[serde(default)]
     pub drives: Vec<crate::drives::DriveDef>,
     /// stopped, starting, running, paused, backoff, failed.

@@ -132,6 +132,7 @@ impl Vm {
             append: d.append.clone(),
             restart: d.restart,
             autostart: d.autostart,
+            jit: d.jit,
             drives: d.drives.clone(),
             state: self.status.as_str().to_string(),
             pid: self.run.as_ref().and_then(|r| r.pid),
@@ -458,6 +459,7 @@ async fn handle(
             append,
             restart,
             autostart,
+            jit,
             drives,
         } => {
             let def = VmDef {
@@ -469,6 +471,7 @@ async fn handle(
                 append,
                 restart,
                 autostart,
+                jit,
                 drives,
             };
             create(d, caller, def)

@@ -117,6 +117,8 @@ pub struct RunOptions {
     pub worker: PathBuf,
     /// IDE drives (`--disk`, `--cdrom`).
     pub drives: Vec<crate::drives::DriveDef>,
+    /// Run through the CPU's JIT (`--jit`).
+    pub jit: bool,
 }
 
 /// The default per-run uid: 150000 + pid % 50000, above the range of a
@@ -206,6 +208,7 @@ fn run_inner(opts: RunOptions) -> Result<(RunExit, String), String> {
         append: opts.append.clone(),
         restart: Default::default(),
         autostart: false,
+        jit: opts.jit,
         drives: opts
             .drives
             .iter()

@@ -132,6 +132,9 @@ pub fn prepare(spawn: &Spawn, def: &VmDef) -> Result<Prepared, String> {
     if spawn.allow_weaker {
         cmd.arg("--allow-weaker");
     }
+    if def.jit {
+        cmd.arg("--jit");
+    }
     let mut placed: Vec<(RawFd, RawFd)> = vec![
         (control_theirs.as_raw_fd(), fds::CONTROL),
         (memfd_theirs.as_raw_fd(), fds::FRAMEBUFFER),

@@ -61,6 +61,10 @@ struct RunArgs {
     /// where the worker cannot be root). Prints a warning.
     #[arg(long, conflicts_with_all = ["uid", "gid", "cgroup", "memory", "allow_weaker"])]
     no_sandbox: bool,
+    /// Run the guest's code through the CPU's JIT (faster; the seccomp
+    /// filter then lets the JIT's code pages become executable).
+    #[arg(long)]
+    jit: bool,
 }
 
 #[derive(clap::Args)]
@@ -169,9 +173,10 @@ fn run(args: &RunArgs) -> Result<(), Failure> {
                 .unwrap_or_else(|| format!("worker-{}", std::process::id())),
             memory: args.memory,
             allow_weaker: args.allow_weaker,
+            jit: args.jit,
         }
     };
-    vm::run(&choice).map_err(|e| Failure(e.exit(), e.into()))
+    vm::run(&choice, args.jit).map_err(|e| Failure(e.exit(), e.into()))
 }
 
 fn sandbox_check(args: &CheckArgs) -> Result<(), Failure> {

@@ -343,7 +343,21 @@ fn guest_kit_dir() -> PathBuf {
 /// shell's status, not the worker's.)
 #[test]
 fn debian_guest_kit_boots_to_its_ready_marker() {
-    let test = "debian_guest_kit_boots_to_its_ready_marker";
+    boot_debian("debian_guest_kit_boots_to_its_ready_marker", false);
+}
+
+/// The same through the CPU's JIT: the worker's seccomp filter is then
+/// `worker_jit`, without which the JIT's first mprotect to PROT_EXEC would
+/// trap (exit 67).
+#[test]
+fn debian_guest_kit_boots_through_the_jit_in_the_sandbox() {
+    boot_debian(
+        "debian_guest_kit_boots_through_the_jit_in_the_sandbox",
+        true,
+    );
+}
+
+fn boot_debian(test: &str, jit: bool) {
     let kit = guest_kit_dir();
     let (kernel, initrd) = (kit.join("kernel"), kit.join("initrd"));
     let present = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
@@ -357,6 +371,7 @@ fn debian_guest_kit_boots_to_its_ready_marker() {
     let mut opts = spawn_opts(test, Ending::PowerOff);
     opts.kernel = open(&kernel);
     opts.initrd = Some(open(&initrd));
+    opts.jit = jit;
     opts.config.ram_mib = 256;
     opts.config.boot = BootSource::Linux {
         kernel_fd: fds::KERNEL,

@@ -153,6 +153,9 @@ pub struct Plan {
     pub rlimits: Rlimits,
     /// Off only in an explicit weaker mode; never off by default.
     pub seccomp: bool,
+    /// The VM runs the CPU's JIT: the `worker_jit` seccomp filter, which
+    /// lets code pages become executable. Off by default.
+    pub jit: bool,
     /// Operator opted in: a step whose protection the host lacks is
     /// recorded in [`Report::weakened`] instead of failing.
     pub allow_weaker: bool,
@@ -180,6 +183,7 @@ impl Plan {
             }),
             rlimits: Rlimits::default(),
             seccomp: true,
+            jit: false,
             allow_weaker: false,
         }
     }
@@ -484,7 +488,7 @@ pub fn enter(plan: &Plan) -> Result<Report, SandboxError> {
     report.confinement = verify(dropped)?;
     // 15. Seccomp last: every step above uses syscalls it forbids.
     if plan.seccomp {
-        let r = seccomp::install_worker().map_err(SandboxError::Seccomp);
+        let r = seccomp::install_worker(plan.jit).map_err(SandboxError::Seccomp);
         report.seccomp = waivable(plan, &mut report, r)?;
     }
     Ok(report)

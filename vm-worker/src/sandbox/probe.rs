@@ -166,7 +166,7 @@ pub fn probe_with(cgroup_root: &Path) -> HostProtections {
     // The real worker filter, installed in a child that then exits.
     add(
         Protection::Seccomp,
-        in_child(|| seccomp::install_worker().map_err(|e| io::Error::other(e.to_string()))),
+        in_child(|| seccomp::install_worker(false).map_err(|e| io::Error::other(e.to_string()))),
     );
 
     HostProtections {

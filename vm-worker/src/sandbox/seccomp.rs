@@ -64,10 +64,12 @@ fn apply(name: &'static str) -> Result<(), SeccompError> {
 /// Order: the handler first (a trap before it exists would kill with a bare
 /// SIGSYS); `deny_clone3` before `worker`, because once `worker` is in force
 /// the seccomp() and prctl() calls needed to add another filter trap.
-pub fn install_worker() -> Result<(), SeccompError> {
+/// `jit`: install `worker_jit` instead of `worker` (build.rs derives it:
+/// one more rule, mprotect to PROT_READ|PROT_EXEC, for the CPU's JIT).
+pub fn install_worker(jit: bool) -> Result<(), SeccompError> {
     sys::install_sigsys_handler().map_err(SeccompError::Handler)?;
     apply("deny_clone3")?;
-    apply("worker")
+    apply(if jit { "worker_jit" } else { "worker" })
 }
 
 /// Installs the reaper filter (pid-namespace parent).

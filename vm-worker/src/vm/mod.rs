@@ -69,6 +69,8 @@ pub enum SandboxChoice {
         /// Cgroup memory limit; guest RAM plus an overhead when `None`.
         memory: Option<u64>,
         allow_weaker: bool,
+        /// The seccomp filter lets the CPU's JIT make code executable.
+        jit: bool,
     },
     /// Tests that cannot run as root only: no isolation at all.
     None,
@@ -84,6 +86,7 @@ impl SandboxChoice {
             cgroup,
             memory,
             allow_weaker,
+            jit,
         } = self
         else {
             return None;
@@ -93,6 +96,7 @@ impl SandboxChoice {
         plan.gid = *gid;
         plan.hostname = "bulkhead-vm".into();
         plan.allow_weaker = *allow_weaker;
+        plan.jit = *jit;
         plan.keep_fds = vec![fds::CONTROL];
         if config.framebuffer.is_some() {
             plan.keep_fds.push(fds::FRAMEBUFFER);
@@ -172,7 +176,9 @@ fn exit_on_panic() {
 
 /// Runs the VM. Main thread only, with no other thread started yet (the
 /// sandbox forks).
-pub fn run(choice: &SandboxChoice) -> Result<(), VmError> {
+/// `jit`: run the guest through the CPU's JIT (`choice` must then allow
+/// it: `SandboxChoice::Enter { jit: true, .. }`).
+pub fn run(choice: &SandboxChoice, jit: bool) -> Result<(), VmError> {
     exit_on_panic();
     sys::single_malloc_arena();
     let setup = setup::setup(Inherited::take())?;
@@ -232,6 +238,7 @@ pub fn run(choice: &SandboxChoice) -> Result<(), VmError> {
         out: out.clone(),
         ready: ready_tx,
         exit: exit_tx.clone(),
+        jit,
     };
     let ram_mib = config.ram_mib;
     let debug = config.debug;

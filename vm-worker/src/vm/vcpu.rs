@@ -68,6 +68,8 @@ pub struct Vcpu {
     pub ready: SyncSender<Result<PcHandle, String>>,
     /// Where the worker's end goes.
     pub exit: Sender<WorkerExit>,
+    /// Run the guest through the CPU's JIT.
+    pub jit: bool,
 }
 
 impl Vcpu {
@@ -80,6 +82,7 @@ impl Vcpu {
                 return;
             }
         };
+        pc.cpu_mut().set_jit(self.jit);
         if self.ready.send(Ok(pc.handle())).is_err() {
             return;
         }

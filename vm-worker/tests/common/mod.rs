@@ -80,6 +80,8 @@ pub struct Spawn {
     pub config: WorkerConfig,
     /// Placed at fd 9 onwards (the drives' images, in config order).
     pub drives: Vec<OwnedFd>,
+    /// `--jit`: the CPU's JIT and the seccomp filter that allows it.
+    pub jit: bool,
 }
 
 impl Spawn {
@@ -89,6 +91,7 @@ impl Spawn {
         Spawn {
             kernel: image_fd(kernel),
             initrd: None,
+            jit: false,
             sandbox,
             config: WorkerConfig {
                 ram_mib,
@@ -150,6 +153,9 @@ impl Worker {
             cmd.arg("--no-sandbox");
             None
         };
+        if opts.jit {
+            cmd.arg("--jit");
+        }
         let mut placed: Vec<(RawFd, RawFd)> = vec![
             (control_theirs.as_raw_fd(), fds::CONTROL),
             (memfd_theirs.as_raw_fd(), fds::FRAMEBUFFER),
