@@ -23,7 +23,8 @@
 //! - `BULKHEAD_CONFORMANCE_TRACE=1`: print every instruction executed
 //!   (with a filter naming one file);
 //! - `BULKHEAD_TEST_JIT=1`: run with the JIT compiling every block (and
-//!   no trace hook, which would keep the JIT off).
+//!   no trace hook, which would keep the JIT off), as the
+//!   `_through_the_jit` tests always do.
 //!
 //! Vectors of 286-only behaviour are skipped and counted apart: a LOCK
 //! prefix the 286 ignores where later CPUs raise #UD, instructions longer
@@ -68,6 +69,26 @@ fn ss286_real_mode() {
 #[test]
 fn ss386_sample() {
     run_suite("ss386-sample", SS386_MIN_PASS_RATE);
+}
+
+/// The same vectors with the JIT compiling every block at its first run
+/// (without the trace hook, which keeps the JIT off: fault loops are left
+/// to the watchdog).
+#[test]
+fn ss286_real_mode_through_the_jit() {
+    JIT.with(|j| j.set(true));
+    run_suite("ss286", SS286_MIN_PASS_RATE);
+}
+
+#[test]
+fn ss386_sample_through_the_jit() {
+    JIT.with(|j| j.set(true));
+    run_suite("ss386-sample", SS386_MIN_PASS_RATE);
+}
+
+thread_local! {
+    /// Run this thread's vectors through the JIT (see the `_through_the_jit` tests).
+    static JIT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 // ---- the MOO format ----
@@ -355,9 +376,10 @@ fn execute(v: &Vector, flags_mask: u32) -> Result<(), String> {
     let stopper = signals.clone();
     let mut attempts = 0u64;
     let trace = std::env::var_os("BULKHEAD_CONFORMANCE_TRACE").is_some();
-    // `BULKHEAD_TEST_JIT=1`: every block compiled. The JIT runs only
-    // without a trace hook, so fault loops are then left to the watchdog.
-    let jit = std::env::var_os("BULKHEAD_TEST_JIT").is_some_and(|v| v != "0");
+    // Every block compiled. The JIT runs only without a trace hook, so
+    // fault loops are then left to the watchdog.
+    let jit =
+        JIT.with(|j| j.get()) || std::env::var_os("BULKHEAD_TEST_JIT").is_some_and(|v| v != "0");
     if jit {
         cpu.set_jit(true);
         cpu.set_jit_threshold(0);
