@@ -83,10 +83,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn policy_embeds_the_three_filters() {
+    fn policy_embeds_the_four_filters() {
         let mut names: Vec<_> = filter_names().collect();
         names.sort();
-        assert_eq!(names, ["deny_clone3", "reaper", "worker"]);
+        assert_eq!(names, ["deny_clone3", "reaper", "worker", "worker_jit"]);
+    }
+
+    #[test]
+    fn the_jit_filter_is_the_worker_filter_and_a_little_more() {
+        // One more rule: a few BPF instructions, no fewer.
+        let (worker, jit) = (program("worker").unwrap(), program("worker_jit").unwrap());
+        assert!(jit.len() > worker.len() && jit.len() < worker.len() + 16);
     }
 
     #[test]
