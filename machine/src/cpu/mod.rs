@@ -432,11 +432,14 @@ impl Cpu {
     /// Re-derives the cached mode bits (CPL, code and stack size) from
     /// CR0, EFLAGS.VM and the CS/SS caches, and ends the current block.
     pub(crate) fn update_mode(&mut self) {
+        if !self.protected_mode() {
+            self.put_cpl(0);
+        } else if self.v86_mode() {
+            self.put_cpl(3);
+        }
         let cs = &self.segs[Seg::CS as usize];
         let ss = &self.segs[Seg::SS as usize];
         if !self.protected_mode() {
-            self.cpl = 0;
-            self.tlb.user_off = 0;
             self.code32 = cs.big();
             self.stack32 = ss.big();
             // Real mode checks limits but not types.
@@ -445,8 +448,6 @@ impl Cpu {
                 s.set_fast_bounds();
             }
         } else if self.v86_mode() {
-            self.cpl = 3;
-            self.tlb.user_off = paging::TLB_SIZE;
             self.code32 = false;
             self.stack32 = false;
         } else {

@@ -648,36 +648,7 @@ impl Emitter {
             return Ok(Some(mem));
         };
         self.load_sized(ecx, &dst, w)?;
-        let a = &mut self.a;
-        let lazy = match op {
-            AluOp::Add | AluOp::Sub | AluOp::Cmp => {
-                a.mov(flag(offset_of!(Flags, a)), ecx)?;
-                a.mov(flag(offset_of!(Flags, b)), eax)?;
-                if op == AluOp::Add {
-                    a.add(ecx, eax)?;
-                    Lazy::Add
-                } else {
-                    a.sub(ecx, eax)?;
-                    Lazy::Sub
-                }
-            }
-            _ => {
-                a.mov(flag(offset_of!(Flags, a)), 0u32)?;
-                a.mov(flag(offset_of!(Flags, b)), 0u32)?;
-                match op {
-                    AluOp::Or => a.or(ecx, eax)?,
-                    AluOp::Xor => a.xor(ecx, eax)?,
-                    _ => a.and(ecx, eax)?,
-                }
-                Lazy::Logic
-            }
-        };
-        if mask != u32::MAX {
-            a.and(ecx, mask)?;
-        }
-        a.mov(flag(offset_of!(Flags, res)), ecx)?;
-        a.mov(flag(offset_of!(Flags, sign)), 1u32 << (w * 8 - 1))?;
-        a.mov(byte_ptr(at(FLAGS + offset_of!(Flags, lazy))), lazy as u32)?;
+        self.alu_ecx_eax(op, mask)?;
         if writes {
             self.store_sized(&dst, w, true)?;
         }
@@ -726,8 +697,18 @@ impl Emitter {
             Src::Reg(r) => self.a.mov(eax, gpr(r))?,
             Src::Imm(v) => self.a.mov(eax, v)?,
         }
+        self.a.mov(ecx, gpr(d.r0))?;
+        self.alu_ecx_eax(op, u32::MAX)?;
+        if !matches!(op, AluOp::Cmp | AluOp::Test) {
+            self.a.mov(gpr(d.r0), ecx)?;
+        }
+        Ok(())
+    }
+
+    /// `ecx = ecx OP eax` cut to the operand size `mask` (0xFF, 0xFFFF or
+    /// all ones), recording the lazy flags as `alu::<OP, W>` does.
+    fn alu_ecx_eax(&mut self, op: AluOp, mask: u32) -> Asm {
         let a = &mut self.a;
-        a.mov(ecx, gpr(d.r0))?;
         let lazy = match op {
             AluOp::Add | AluOp::Sub | AluOp::Cmp => {
                 a.mov(flag(offset_of!(Flags, a)), ecx)?;
@@ -751,12 +732,12 @@ impl Emitter {
                 Lazy::Logic
             }
         };
-        a.mov(flag(offset_of!(Flags, res)), ecx)?;
-        a.mov(flag(offset_of!(Flags, sign)), 0x8000_0000u32)?;
-        a.mov(byte_ptr(at(FLAGS + offset_of!(Flags, lazy))), lazy as u32)?;
-        if !matches!(op, AluOp::Cmp | AluOp::Test) {
-            a.mov(gpr(d.r0), ecx)?;
+        if mask != u32::MAX {
+            a.and(ecx, mask)?;
         }
+        a.mov(flag(offset_of!(Flags, res)), ecx)?;
+        a.mov(flag(offset_of!(Flags, sign)), (mask >> 1) + 1)?;
+        a.mov(byte_ptr(at(FLAGS + offset_of!(Flags, lazy))), lazy as u32)?;
         Ok(())
     }
 
